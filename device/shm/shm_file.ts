@@ -1,0 +1,203 @@
+/**
+ * Maps a file (a `/dev/shm` path, or a PCI BAR's sysfs `resource2`) as a
+ * {@linkcode Region}, through FFI `open`, `ftruncate` and `mmap`.
+ *
+ * @module
+ */
+
+import {
+  cString,
+  describeErrno,
+  EEXIST,
+  errno,
+  libc,
+  MAP_SHARED,
+  O_CLOEXEC,
+  O_CREAT,
+  O_EXCL,
+  O_RDWR,
+  PROT_READ,
+  PROT_WRITE,
+  SEEK_END,
+} from "./_libc.ts";
+import { checkRegionSize, Region } from "./region.ts";
+
+/** A mapping failed; `code` is the errno name where one applies. */
+export class ShmError extends Error {
+  override name = "ShmError";
+  readonly code: string | undefined;
+  constructor(message: string, options?: { code?: string; cause?: unknown }) {
+    super(
+      message,
+      options?.cause === undefined ? {} : { cause: options.cause },
+    );
+    this.code = options?.code;
+  }
+}
+
+/** How {@linkcode mapFile} treats the file. */
+export interface MapFileOptions {
+  /**
+   * `"open"`: the file must exist; its size is the region size.
+   * `"create"`: create the file with `size` bytes, or open it if it exists
+   * (its size must then equal `size`).
+   * @default {"open"}
+   */
+  mode?: "open" | "create";
+  /** Region size in bytes; required with `mode: "create"`. */
+  size?: number;
+}
+
+/** A file mapped into this process. */
+export class MappedFile {
+  readonly path: string;
+  readonly region: Region;
+  /** Whether this mapping created the file (and so should remove it). */
+  readonly created: boolean;
+  #fd: number;
+  #ptr: Deno.PointerObject;
+  #unmapped = false;
+
+  constructor(
+    path: string,
+    fd: number,
+    ptr: Deno.PointerObject,
+    size: number,
+    created: boolean,
+  ) {
+    this.path = path;
+    this.#fd = fd;
+    this.#ptr = ptr;
+    this.created = created;
+    this.region = new Region(
+      Deno.UnsafePointerView.getArrayBuffer(ptr, size),
+    );
+  }
+
+  /** The open file descriptor (passed to QEMU by the ivshmem server). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /**
+   * Detaches the region's views, then unmaps and closes the file. With
+   * `remove: true` also unlinks the path. Idempotent.
+   */
+  close(options: { remove?: boolean } = {}): void {
+    if (this.#unmapped) return;
+    this.#unmapped = true;
+    // Detach first: a view touched after munmap would segfault the process.
+    this.region.close();
+    const c = libc();
+    c.munmap(this.#ptr, BigInt(this.region.size));
+    c.close(this.#fd);
+    if (options.remove) c.unlink(cString(this.path));
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * Maps `path` read-write and shared.
+ *
+ * @throws {RangeError} if a size is not a power of two in range.
+ * @throws {ShmError} if the file cannot be opened, sized or mapped; a file
+ * this call created is removed again before it throws.
+ */
+export function mapFile(
+  path: string,
+  options: MapFileOptions = {},
+): MappedFile {
+  const mode = options.mode ?? "open";
+  if (mode === "create") {
+    if (options.size === undefined) {
+      throw new TypeError("Cannot create a region file: no size given");
+    }
+    checkRegionSize(options.size);
+  }
+  const c = libc();
+  const cpath = cString(path);
+  let created = false;
+  let fd = -1;
+  if (mode === "create") {
+    fd = c.open(cpath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600);
+    if (fd >= 0) created = true;
+    else if (errno() !== EEXIST) throw openError(path, errno());
+  }
+  if (fd < 0) {
+    fd = c.open(cpath, O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) throw openError(path, errno());
+  }
+  try {
+    let size: number;
+    if (created) {
+      size = options.size!;
+      if (c.ftruncate(fd, BigInt(size)) !== 0) {
+        const e = errno();
+        throw new ShmError(
+          `Cannot size region file ${path} to ${size} bytes: ${
+            describeErrno(e)
+          }`,
+          { code: errnoCode(e) },
+        );
+      }
+    } else {
+      size = fileSize(fd, path);
+      if (options.size !== undefined && size !== options.size) {
+        throw new ShmError(
+          `Cannot map region file ${path}: it holds ${size} bytes, expected ${options.size}`,
+        );
+      }
+      checkRegionSize(size);
+    }
+    const ptr = c.mmap(
+      null,
+      BigInt(size),
+      PROT_READ | PROT_WRITE,
+      MAP_SHARED,
+      fd,
+      0n,
+    );
+    // MAP_FAILED is (void *)-1.
+    if (ptr === null || Deno.UnsafePointer.value(ptr) === 0xffffffffffffffffn) {
+      const e = errno();
+      throw new ShmError(
+        `Cannot map region file ${path}: ${describeErrno(e)}`,
+        {
+          code: errnoCode(e),
+        },
+      );
+    }
+    return new MappedFile(path, fd, ptr, size, created);
+  } catch (err) {
+    c.close(fd);
+    if (created) c.unlink(cpath);
+    throw err;
+  }
+}
+
+function fileSize(fd: number, path: string): number {
+  const end = libc().lseek(fd, 0n, SEEK_END);
+  if (end < 0n) {
+    const e = errno();
+    throw new ShmError(`Cannot read the size of ${path}: ${describeErrno(e)}`, {
+      code: errnoCode(e),
+    });
+  }
+  return Number(end);
+}
+
+function openError(path: string, code: number): ShmError {
+  return new ShmError(
+    `Cannot open region file ${path}: ${describeErrno(code)}`,
+    {
+      code: errnoCode(code),
+    },
+  );
+}
+
+function errnoCode(code: number): string {
+  return describeErrno(code).split(" ")[0]!;
+}
