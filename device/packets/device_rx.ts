@@ -1,0 +1,177 @@
+/**
+ * Device role, device-to-driver direction: writes packets into the buffers
+ * the driver posted on the rx queue.
+ *
+ * Without VIRTIO_VSOCK_F_MRG_RXBUF every packet takes exactly one buffer,
+ * which must hold at least the 44-byte header; the payload is capped by the
+ * buffer. With it (the seed), a packet starts with the 46-byte header whose
+ * `num_buffers` counts the buffers it spreads over; every buffer but the last
+ * is filled to its end, and all of them are returned to the used ring in one
+ * publish, so the driver never sees part of a packet. When too few buffers
+ * are posted the packet is not written at all: {@linkcode DeviceRx.put}
+ * returns false and the caller retries once the driver posts more.
+ *
+ * Popped chains are held here between calls, so a chain is validated once
+ * however long it waits.
+ *
+ * @module
+ */
+
+import type { DeviceQueue } from "../virtqueue/device_queue.ts";
+import { ScatterCursor, SegmentList } from "../virtqueue/segments.ts";
+import {
+  encodeHeader,
+  HDR_LEN,
+  HeaderScratch,
+  MAX_PAYLOAD,
+  MRG_HDR_LEN,
+  NUM_BUFFERS_OFFSET,
+  type PacketHeader,
+} from "./header.ts";
+
+/** Writes vsock packets into a device-writes queue. */
+export class DeviceRx {
+  readonly queue: DeviceQueue;
+  readonly mergeable: boolean;
+  /** Bytes of header at the start of each packet (44, or 46 merged). */
+  readonly headerLength: number;
+  #onDrop: (reason: string) => void;
+  /** Buffers of the held chains, in pop order. */
+  #segments = new SegmentList();
+  #heads: Uint16Array;
+  /** Index into #segments just past each held chain's last segment. */
+  #segEnd: Uint32Array;
+  #bytes: Uint32Array;
+  #held = 0;
+  #heldBytes = 0;
+  #hdr = new HeaderScratch();
+  #cursor = new ScatterCursor();
+  #popScratch = new SegmentList();
+
+  constructor(
+    queue: DeviceQueue,
+    options: { mergeable: boolean; onDrop?: (reason: string) => void },
+  ) {
+    this.queue = queue;
+    this.mergeable = options.mergeable;
+    this.headerLength = options.mergeable ? MRG_HDR_LEN : HDR_LEN;
+    this.#onDrop = options.onDrop ?? (() => {});
+    const q = queue.layout.size;
+    this.#heads = new Uint16Array(q);
+    this.#segEnd = new Uint32Array(q);
+    this.#bytes = new Uint32Array(q);
+  }
+
+  /** Number of driver buffers popped and waiting for a packet. */
+  get held(): number {
+    return this.#held;
+  }
+
+  /**
+   * The largest payload the next packet can carry with the buffers posted
+   * now, at most {@linkcode MAX_PAYLOAD}; -1 when not even a header fits
+   * (wait for the driver to post buffers).
+   */
+  room(): number {
+    this.#fill();
+    if (this.#held === 0) return -1;
+    const bytes = this.mergeable ? this.#heldBytes : this.#bytes[0]!;
+    return Math.min(bytes - this.headerLength, MAX_PAYLOAD);
+  }
+
+  /**
+   * Writes one packet. `header.len` is set from `payload`. Returns false,
+   * writing nothing, when the posted buffers cannot hold it yet.
+   *
+   * @throws {RangeError} if the payload exceeds {@linkcode MAX_PAYLOAD}.
+   */
+  put(header: PacketHeader, payload: Uint8Array): boolean {
+    if (payload.length > MAX_PAYLOAD) {
+      throw new RangeError(
+        `Cannot send a packet: payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`,
+      );
+    }
+    if (this.room() < payload.length) return false;
+    const total = this.headerLength + payload.length;
+
+    // Which held chains the packet takes: the first k whose bytes cover it.
+    let k = 0;
+    let covered = 0;
+    while (covered < total) covered += this.#bytes[k++]!;
+    const lastSegEnd = this.#segEnd[k - 1]!;
+
+    header.len = payload.length;
+    encodeHeader(this.#hdr.view, 0, header);
+    if (this.mergeable) {
+      this.#hdr.view.setUint16(NUM_BUFFERS_OFFSET, k, true);
+    }
+    const region = this.queue.region;
+    const cursor = this.#cursor;
+    cursor.reset(this.#segments);
+    cursor.write(
+      region,
+      this.#hdr.bytes.subarray(0, this.headerLength),
+      lastSegEnd,
+    );
+    cursor.write(region, payload, lastSegEnd);
+
+    let remaining = total;
+    for (let i = 0; i < k; i++) {
+      const used = Math.min(this.#bytes[i]!, remaining);
+      this.queue.push(this.#heads[i]!, used);
+      remaining -= used;
+    }
+    this.queue.publish();
+    this.#consume(k, lastSegEnd);
+    return true;
+  }
+
+  /** Pops chains until the held ones can carry a full-size packet. */
+  #fill(): void {
+    const need = this.headerLength + MAX_PAYLOAD;
+    const q = this.queue;
+    while (
+      this.#held < this.#heads.length &&
+      (this.mergeable ? this.#heldBytes < need : this.#held === 0)
+    ) {
+      const scratch = this.#popScratch;
+      scratch.clear();
+      const head = q.pop(scratch);
+      if (head < 0) return;
+      if (scratch.bytes < this.headerLength) {
+        this.#onDrop(
+          `${q.name} queue: dropped a receive buffer of ${scratch.bytes} bytes, smaller than the ${this.headerLength}-byte header`,
+        );
+        q.push(head, 0);
+        q.publish();
+        continue;
+      }
+      for (let i = 0; i < scratch.count; i++) {
+        this.#segments.push(scratch.offsets[i]!, scratch.lengths[i]!);
+      }
+      this.#heads[this.#held] = head;
+      this.#segEnd[this.#held] = this.#segments.count;
+      this.#bytes[this.#held] = scratch.bytes;
+      this.#held++;
+      this.#heldBytes += scratch.bytes;
+    }
+  }
+
+  /** Forgets the first `k` held chains, which used segments `[0, segs)`. */
+  #consume(k: number, segs: number): void {
+    const s = this.#segments;
+    const left = this.#held - k;
+    for (let i = 0; i < k; i++) this.#heldBytes -= this.#bytes[i]!;
+    if (left > 0) {
+      this.#heads.copyWithin(0, k, this.#held);
+      this.#bytes.copyWithin(0, k, this.#held);
+      this.#segEnd.copyWithin(0, k, this.#held);
+      for (let i = 0; i < left; i++) this.#segEnd[i]! -= segs;
+      s.offsets.copyWithin(0, segs, s.count);
+      s.lengths.copyWithin(0, segs, s.count);
+    }
+    s.count -= segs;
+    s.bytes = this.#heldBytes;
+    this.#held = left;
+  }
+}
