@@ -110,7 +110,7 @@ export class DeviceRx {
     cursor.reset(this.#segments);
     cursor.write(
       region,
-      this.#hdr.bytes.subarray(0, this.headerLength),
+      this.#hdr.sized(this.headerLength),
       lastSegEnd,
     );
     cursor.write(region, payload, lastSegEnd);

@@ -51,7 +51,7 @@ export class DeviceTx {
         );
         continue;
       }
-      segs.gather(region, 0, this.#hdr.bytes.subarray(0, HDR_LEN));
+      segs.gather(region, 0, this.#hdr.plain);
       const h = decodeHeader(this.#hdr.view, 0, this.packet.header);
       if (h.len > MAX_PAYLOAD) {
         this.#drop(

@@ -184,7 +184,7 @@ export class DriverRx {
     }
     const region = this.queue.region;
     const base = this.#windowStart + slot * this.bufferSize;
-    region.read(base, this.#hdr.bytes.subarray(0, h));
+    region.read(base, this.#hdr.sized(h));
     const header = decodeHeader(this.#hdr.view, 0, this.packet.header);
     if (header.len > MAX_PAYLOAD) {
       return this.#reject(

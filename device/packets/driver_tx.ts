@@ -72,7 +72,7 @@ export class DriverTx {
     header.len = payload.length;
     encodeHeader(this.#hdr.view, 0, header);
     const region = this.queue.region;
-    region.write(a.offset, this.#hdr.bytes.subarray(0, HDR_LEN));
+    region.write(a.offset, this.#hdr.plain);
     region.write(a.offset + HDR_LEN, payload);
     if (descriptors === 2) {
       this.#offsets[0] = a.offset;

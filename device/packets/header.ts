@@ -159,8 +159,19 @@ export function describeHeader(h: PacketHeader): string {
   return `${op} ${h.srcCid}:${h.srcPort} -> ${h.dstCid}:${h.dstPort} len ${h.len}`;
 }
 
-/** A scratch buffer big enough for a mergeable header, with its DataView. */
+/**
+ * A scratch buffer big enough for a mergeable header, with its DataView and
+ * fixed views of the two header sizes, made once so that the per-packet path
+ * allocates nothing.
+ */
 export class HeaderScratch {
   readonly bytes: Uint8Array<ArrayBuffer> = new Uint8Array(MRG_HDR_LEN);
   readonly view: DataView<ArrayBuffer> = new DataView(this.bytes.buffer);
+  /** The first 44 bytes: a plain header. */
+  readonly plain: Uint8Array<ArrayBuffer> = this.bytes.subarray(0, HDR_LEN);
+
+  /** The header bytes for a given header length (44 or 46). */
+  sized(length: number): Uint8Array<ArrayBuffer> {
+    return length === HDR_LEN ? this.plain : this.bytes;
+  }
 }

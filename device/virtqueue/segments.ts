@@ -126,7 +126,8 @@ export class ScatterCursor {
       const n = Math.min(room, src.length - done);
       region.write(
         list.offsets[this.#seg]! + this.#within,
-        src.subarray(done, done + n),
+        // Most packets land in one segment: no view needed then.
+        n === src.length ? src : src.subarray(done, done + n),
       );
       done += n;
       this.#within += n;

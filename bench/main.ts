@@ -1,0 +1,12 @@
+/**
+ * `deno task bench`: every benchmark scenario, each figure next to a baseline
+ * measured in the same run. Writes `bench/results.json`.
+ *
+ * @module
+ */
+
+import { report, runScenarios } from "./_harness.ts";
+import { ringScenarios } from "./ring_scenarios.ts";
+
+const results = await runScenarios([...ringScenarios()]);
+await report(results, new URL("./results.json", import.meta.url).pathname);
