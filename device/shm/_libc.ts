@@ -21,6 +21,29 @@ const SYMBOLS = {
   },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   strerror: { parameters: ["i32"], result: "pointer" },
+  // Eventfds and AF_UNIX sockets for the ivshmem server (device/notify).
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // fcntl is variadic; every call we make passes one int, which the x86-64
+  // and arm64 Linux ABIs pass exactly like a fixed int argument.
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "pointer", "pointer", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  // poll on a worker thread, so a wait never blocks the event loop. Its
+  // errno is lost (another thread), so callers treat -1 as "nothing yet"
+  // (it is EINTR in practice) and rely on revents for fd errors.
+  poll_nonblocking: {
+    name: "poll",
+    parameters: ["buffer", "usize", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -53,6 +76,29 @@ export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
 export const SEEK_END = 2;
 export const EEXIST = 17;
+export const EAGAIN = 11;
+export const ECONNREFUSED = 111;
+export const ECONNRESET = 104;
+export const EPIPE = 32;
+export const O_NONBLOCK = 0o4000;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const F_DUPFD_CLOEXEC = 1030;
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SCM_RIGHTS = 1;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const POLLNVAL = 0x20;
 
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
@@ -69,6 +115,14 @@ const ERRNO_NAMES: Record<number, string> = {
   28: "ENOSPC",
   30: "EROFS",
   36: "ENAMETOOLONG",
+  4: "EINTR",
+  11: "EAGAIN",
+  32: "EPIPE",
+  88: "ENOTSOCK",
+  98: "EADDRINUSE",
+  104: "ECONNRESET",
+  109: "ETOOMANYREFS",
+  111: "ECONNREFUSED",
 };
 
 /** errno of the last failed synchronous call on this thread. */
@@ -92,4 +146,43 @@ export function cString(s: string): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(encoded.length + 1);
   out.set(encoded);
   return out;
+}
+
+/** One descriptor to {@linkcode pollOnce}, and the events of interest. */
+export interface PollRequest {
+  fd: number;
+  /** `POLLIN`, `POLLOUT` or both. */
+  events: number;
+}
+
+/** `sizeof(struct pollfd)`: int fd, short events, short revents. */
+const POLLFD_SIZE = 8;
+
+/**
+ * One `poll()` on a worker thread, so the event loop keeps running.
+ * Resolves to each request's `revents`, all 0 on timeout or EINTR.
+ *
+ * `timeoutMs` should be short: a pending call keeps a blocking-pool thread
+ * and counts as an op for the test sanitizer until it returns, so callers
+ * loop over short slices (or wake it through an eventfd in the set).
+ */
+export async function pollOnce(
+  requests: readonly PollRequest[],
+  timeoutMs: number,
+): Promise<number[]> {
+  const buf = new Uint8Array(POLLFD_SIZE * requests.length);
+  const view = new DataView(buf.buffer);
+  requests.forEach((r, i) => {
+    view.setInt32(i * POLLFD_SIZE, r.fd, true);
+    view.setInt16(i * POLLFD_SIZE + 4, r.events, true);
+  });
+  // `buf` stays referenced by this frame until the call returns: the worker
+  // thread writes revents into it.
+  const n = await libc().poll_nonblocking(
+    buf,
+    BigInt(requests.length),
+    Math.max(0, Math.ceil(timeoutMs)),
+  );
+  if (n <= 0) return requests.map(() => 0);
+  return requests.map((_, i) => view.getUint16(i * POLLFD_SIZE + 6, true));
 }
