@@ -29,6 +29,16 @@ const HOST_IS_LITTLE_ENDIAN =
   new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /**
+ * How a region's memory can be reached from another thread (the waker
+ * worker watches ring indices from one): a `SharedArrayBuffer` it can be
+ * handed, a mapping it can re-wrap from its address, or neither.
+ */
+export type RegionBacking =
+  | { kind: "shared"; buffer: SharedArrayBuffer }
+  | { kind: "mapped"; address: bigint }
+  | { kind: "private" };
+
+/**
  * A bounds-checked view over shared memory.
  *
  * Ring indices are read and written with `Atomics` through the 16- and 32-bit
@@ -37,7 +47,9 @@ const HOST_IS_LITTLE_ENDIAN =
  */
 export class Region {
   readonly size: number;
-  #buffer: ArrayBuffer;
+  /** Where the memory lives, for handing it to another thread. */
+  readonly backing: RegionBacking;
+  #buffer: ArrayBufferLike;
   #bytes: Uint8Array;
   #view: DataView;
   #u16: Uint16Array;
@@ -52,23 +64,33 @@ export class Region {
    * is big-endian (virtio is little-endian and the ring indices are accessed
    * as host-order typed arrays).
    */
-  constructor(buffer: ArrayBuffer) {
+  constructor(
+    buffer: ArrayBuffer | SharedArrayBuffer,
+    backing?: RegionBacking,
+  ) {
     if (!HOST_IS_LITTLE_ENDIAN) {
       throw new RangeError("Cannot use a region: the host is big-endian");
     }
     checkRegionSize(buffer.byteLength);
     this.size = buffer.byteLength;
     this.#buffer = buffer;
+    this.backing = backing ??
+      (buffer instanceof SharedArrayBuffer
+        ? { kind: "shared", buffer }
+        : { kind: "private" });
     this.#bytes = new Uint8Array(buffer);
     this.#view = new DataView(buffer);
     this.#u16 = new Uint16Array(buffer);
     this.#u32 = new Uint32Array(buffer);
   }
 
-  /** A zeroed in-memory region, for tests and the in-process demo. */
+  /**
+   * A zeroed in-memory region, for tests and in-process use. It is backed by
+   * a `SharedArrayBuffer` so that a waker worker can watch it too.
+   */
   static alloc(size: number): Region {
     checkRegionSize(size);
-    return new Region(new ArrayBuffer(size));
+    return new Region(new SharedArrayBuffer(size));
   }
 
   /** Whether `[offset, offset + length)` lies inside the region. */
@@ -207,6 +229,29 @@ export class Region {
     this.add32(offset, 0);
   }
 
+  #borrowers = 0;
+
+  /**
+   * Records that another thread reads this memory (a waker worker), so that
+   * the mapping is not removed under it. Pair with {@linkcode release}.
+   */
+  retain(): void {
+    if (this.#closed) {
+      throw new RegionAccessError("Cannot share region: it is closed");
+    }
+    this.#borrowers++;
+  }
+
+  /** Ends a {@linkcode retain}. */
+  release(): void {
+    if (this.#borrowers > 0) this.#borrowers--;
+  }
+
+  /** Threads other than this one that still read the memory. */
+  get borrowers(): number {
+    return this.#borrowers;
+  }
+
   /** Whether {@linkcode Region.close} has run. */
   get closed(): boolean {
     return this.#closed;
@@ -220,9 +265,11 @@ export class Region {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#buffer instanceof SharedArrayBuffer) return; // GC-owned memory
     // Transferring the buffer detaches it and every view built on it; the
     // clone still points at the same memory, so it is dropped at once.
-    structuredClone(this.#buffer, { transfer: [this.#buffer] });
+    const buffer = this.#buffer as ArrayBuffer;
+    structuredClone(buffer, { transfer: [buffer] });
   }
 
   #check(offset: number, length: number): void {

@@ -71,6 +71,7 @@ export class MappedFile {
     this.created = created;
     this.region = new Region(
       Deno.UnsafePointerView.getArrayBuffer(ptr, size),
+      { kind: "mapped", address: Deno.UnsafePointer.value(ptr) as bigint },
     );
   }
 
@@ -85,6 +86,12 @@ export class MappedFile {
    */
   close(options: { remove?: boolean } = {}): void {
     if (this.#unmapped) return;
+    if (this.region.borrowers > 0) {
+      // Unmapping now would crash the thread still reading it.
+      throw new Error(
+        `Cannot unmap ${this.path}: ${this.region.borrowers} waker(s) still watch it; close them first`,
+      );
+    }
     this.#unmapped = true;
     // Detach first: a view touched after munmap would segfault the process.
     this.region.close();

@@ -60,8 +60,8 @@ Deno.test("Region.getOffset64() reports addresses at or above 2^32 as -1", () =>
   assertEquals(r.getU64(8), 1234n);
 });
 
-Deno.test("Region refuses every access after close()", () => {
-  const r = Region.alloc(4096);
+Deno.test("Region refuses every access after close() and detaches plain buffers", () => {
+  const r = new Region(new ArrayBuffer(4096));
   const view = r.span(0, 16);
   r.close();
   assert(r.closed);
@@ -77,4 +77,11 @@ Deno.test("checkRegionSize() names the size it rejects", () => {
   assertThrows(() => checkRegionSize(MAX_REGION_SIZE * 2), RangeError);
   checkRegionSize(4096);
   checkRegionSize(MAX_REGION_SIZE);
+});
+
+Deno.test("Region.alloc() is backed by shared memory that another thread can be handed", () => {
+  const r = Region.alloc(4096);
+  assertEquals(r.backing.kind, "shared");
+  r.close();
+  assertThrows(() => r.getU8(0), RegionAccessError, "closed");
 });

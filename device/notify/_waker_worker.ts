@@ -1,0 +1,152 @@
+/**
+ * The waker's worker thread. It watches a few ring words (and, in doorbell
+ * mode, eventfds) and tells the main thread when one changes, so that the
+ * main thread can sleep in its event loop without polling memory itself.
+ *
+ * Why a worker: on the main thread, `setTimeout` sleeps at least ~2 ms, a
+ * `setImmediate` spin slows the same thread's TCP round trips several
+ * times over, and nonblocking FFI calls cost ~150 us each. A worker can spin
+ * or block (Atomics.wait, poll(2)) without touching the main event loop,
+ * and its postMessage wakes the main thread in ~20 us. docs/transport.md
+ * has the measurements.
+ *
+ * The loop never yields to this worker's event loop; everything after the
+ * start-up message arrives through the shared control buffer.
+ *
+ * @module
+ */
+
+/// <reference lib="deno.worker" />
+
+import {
+  CTL_ACTIVITY,
+  CTL_FDS,
+  CTL_PENDING,
+  CTL_SLEEP,
+  CTL_STOP,
+  CTL_TABLE,
+  CTL_VERSION,
+  CTL_WAITING,
+  CTL_WORDS,
+  MAX_WORDS,
+  sleepFor,
+  type WakerInit,
+} from "./_waker_protocol.ts";
+
+self.onmessage = (e: MessageEvent<WakerInit>) => {
+  self.onmessage = null;
+  run(e.data);
+};
+
+function run(init: WakerInit): void {
+  const libc = Deno.dlopen("libc.so.6", {
+    poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+    read: { parameters: ["i32", "buffer", "u64"], result: "i64" },
+  });
+  const ctl = new Int32Array(init.control);
+  const buffer = init.memory.kind === "shared"
+    ? init.memory.buffer
+    : Deno.UnsafePointerView.getArrayBuffer(
+      Deno.UnsafePointer.create(init.memory.address)!,
+      init.memory.size,
+    );
+  const u16 = new Uint16Array(buffer);
+  const u32 = new Uint32Array(buffer);
+  const drain = new Uint8Array(8);
+
+  let version = -1;
+  let offsets: number[] = [];
+  let widths: number[] = [];
+  let snapshot: number[] = [];
+  let fdCount = 0;
+  let pollFds = new Uint8Array(0);
+  let pollView = new DataView(pollFds.buffer);
+
+  const read = (i: number) =>
+    widths[i] === 2
+      ? Atomics.load(u16, offsets[i]! >>> 1)
+      : Atomics.load(u32, offsets[i]! >>> 2);
+
+  const loadWatchList = () => {
+    version = Atomics.load(ctl, CTL_VERSION);
+    const n = Atomics.load(ctl, CTL_WORDS);
+    offsets = [];
+    widths = [];
+    for (let i = 0; i < n; i++) {
+      offsets.push(Atomics.load(ctl, CTL_TABLE + 2 * i));
+      widths.push(Atomics.load(ctl, CTL_TABLE + 2 * i + 1));
+    }
+    snapshot = offsets.map((_, i) => read(i));
+    fdCount = Atomics.load(ctl, CTL_FDS);
+    // struct pollfd { int fd; short events; short revents; }: 8 bytes each.
+    pollFds = new Uint8Array(8 * fdCount);
+    pollView = new DataView(pollFds.buffer);
+    for (let i = 0; i < fdCount; i++) {
+      pollView.setInt32(
+        8 * i,
+        Atomics.load(ctl, CTL_TABLE + 2 * MAX_WORDS + i),
+        true,
+      );
+      pollView.setInt16(8 * i + 4, 1, /* POLLIN */ true);
+    }
+  };
+
+  const changed = () => {
+    let any = false;
+    for (let i = 0; i < offsets.length; i++) {
+      const v = read(i);
+      if (v !== snapshot[i]) {
+        snapshot[i] = v;
+        any = true;
+      }
+    }
+    return any;
+  };
+
+  /** Waits up to `ms` on the eventfds; drains them and returns true if any fired. */
+  const pollEventFds = (ms: number) => {
+    const n = libc.symbols.poll(pollFds, BigInt(fdCount), Math.ceil(ms));
+    if (n <= 0) return false;
+    for (let i = 0; i < fdCount; i++) {
+      if (pollView.getInt16(8 * i + 6, true) !== 0) {
+        // Reading an eventfd returns and clears its counter.
+        libc.symbols.read(pollView.getInt32(8 * i, true), drain, 8n);
+        pollView.setInt16(8 * i + 6, 0, true);
+      }
+    }
+    return true;
+  };
+
+  const signalMain = () => {
+    if (Atomics.exchange(ctl, CTL_WAITING, 0) === 1) self.postMessage("wake");
+    else Atomics.store(ctl, CTL_PENDING, 1);
+  };
+
+  let lastChange = performance.now();
+  let lastActivity = Atomics.load(ctl, CTL_ACTIVITY);
+  while (Atomics.load(ctl, CTL_STOP) === 0) {
+    if (Atomics.load(ctl, CTL_VERSION) !== version) loadWatchList();
+    const now = performance.now();
+    const activity = Atomics.load(ctl, CTL_ACTIVITY);
+    if (activity !== lastActivity) {
+      lastActivity = activity;
+      lastChange = now;
+    }
+    if (changed()) {
+      lastChange = now;
+      signalMain();
+      continue;
+    }
+    const ms = sleepFor(now - lastChange, init.options);
+    if (fdCount > 0 && ms > 0) {
+      if (pollEventFds(ms)) {
+        lastChange = performance.now();
+        signalMain();
+      }
+    } else if (ms > 0) {
+      Atomics.wait(ctl, CTL_SLEEP, 0, ms);
+    }
+  }
+  libc.close();
+  self.postMessage("stopped");
+}
