@@ -1,0 +1,194 @@
+/**
+ * The device's main loop: answers the transport, moves packets between the
+ * queues and the layer above (a {@linkcode DevicePort}: the vsock engine),
+ * beats, and sleeps on the {@linkcode Waker} when there is nothing to do.
+ *
+ * One turn takes at most `batch` packets from the tx queue, then lets the
+ * layer above write what it has into the rx queue, then yields to the event
+ * loop (so TCP and WebSocket traffic keeps flowing) before the next turn.
+ * Tx processing never waits for rx room: replies the engine cannot place yet
+ * stay queued in the engine (virtio 1.3, 5.10.6.3.1).
+ *
+ * @module
+ */
+
+import { setImmediate } from "node:timers";
+import type { LogFn } from "../log.ts";
+import { silentLog } from "../log.ts";
+import type { InboundPacket } from "../packets/inbound_packet.ts";
+import type { DeviceRx } from "../packets/device_rx.ts";
+import { Waker } from "../notify/waker.ts";
+import type {
+  ActiveQueues,
+  DeviceTransport,
+  TransportChange,
+} from "./device_transport.ts";
+import { DEVICE_VECTOR } from "./layout.ts";
+
+/** What the device loop drives: the vsock engine, or a test's echo. */
+export interface DevicePort {
+  /** The driver reached DRIVER_OK. */
+  activated(queues: ActiveQueues): void;
+  /** The queues went away (reset, guest gone, broken ring). */
+  deactivated(reason: string): void;
+  /** A packet from the driver; copy what you keep before returning. */
+  receive(packet: InboundPacket): void;
+  /** Writes pending packets into the rx queue; returns how many it wrote. */
+  transmit(rx: DeviceRx): number;
+}
+
+/** Device loop settings. */
+export interface DeviceRunnerOptions {
+  /** Heartbeat period. @default {100} */
+  heartbeatMs?: number;
+  /** Packets taken from the tx queue per turn. @default {256} */
+  batch?: number;
+  /** Eventfds the driver rings (doorbell mode). */
+  doorbells?: readonly number[];
+  /** Interrupts the driver on `vector` (doorbell mode). */
+  ringDriver?: (vector: number) => void;
+  /** Waker back-off settings. */
+  waker?: Waker;
+  log?: LogFn;
+}
+
+/** Runs a {@linkcode DeviceTransport} until stopped. */
+export class DeviceRunner {
+  readonly transport: DeviceTransport;
+  #port: DevicePort;
+  #waker: Waker;
+  #ownsWaker: boolean;
+  #heartbeatMs: number;
+  #batch: number;
+  #doorbells: readonly number[];
+  #ringDriver: ((vector: number) => void) | undefined;
+  #log: LogFn;
+  #stopping = false;
+  #done: Promise<void> | null = null;
+
+  constructor(
+    transport: DeviceTransport,
+    port: DevicePort,
+    options: DeviceRunnerOptions = {},
+  ) {
+    this.transport = transport;
+    this.#port = port;
+    this.#heartbeatMs = options.heartbeatMs ?? 100;
+    this.#batch = options.batch ?? 256;
+    this.#doorbells = options.doorbells ?? [];
+    this.#ringDriver = options.ringDriver;
+    this.#log = options.log ?? silentLog;
+    this.#ownsWaker = options.waker === undefined;
+    this.#waker = options.waker ?? new Waker(transport.region);
+    this.#watch();
+  }
+
+  /** Starts the loop; the promise settles when it stops. */
+  run(): Promise<void> {
+    this.#done ??= this.#loop();
+    return this.#done;
+  }
+
+  /** The layer above has something to send: take a turn soon. */
+  kick(): void {
+    this.#waker.poke();
+  }
+
+  /** Stops the loop and the waker; resolves once neither touches the region. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#waker.poke();
+    await this.#done;
+    if (this.#ownsWaker) await this.#waker.close();
+  }
+
+  async #loop(): Promise<void> {
+    let lastBeat = -Infinity;
+    while (!this.#stopping) {
+      const now = performance.now();
+      if (now - lastBeat >= this.#heartbeatMs) {
+        this.transport.beat();
+        lastBeat = now;
+      }
+      let work = 0;
+      try {
+        this.#apply(this.transport.poll(now));
+        work = this.#turn();
+      } catch (err) {
+        // Nothing the guest writes should get here (it is validated), so
+        // this is a bug; keep the process alive and the guest informed.
+        this.#log("error", `device loop error: ${errorText(err)}`);
+        if (this.transport.queues !== null) {
+          this.#apply(this.transport.fail(`internal error: ${errorText(err)}`));
+        }
+      }
+      if (work > 0) {
+        this.#waker.activity();
+        await yieldToEventLoop();
+        continue;
+      }
+      const untilBeat = Math.max(
+        1,
+        this.#heartbeatMs - (performance.now() - lastBeat),
+      );
+      await this.#waker.wait(untilBeat);
+    }
+  }
+
+  /** One turn over the queues; returns how much work it did. */
+  #turn(): number {
+    const q = this.transport.queues;
+    if (q === null) return 0;
+    let work = 0;
+    while (work < this.#batch && q.deviceTx.next()) {
+      this.#port.receive(q.deviceTx.packet);
+      work++;
+    }
+    q.deviceTx.flush();
+    if (this.transport.queues !== q) return work; // the port reset us
+    work += this.#port.transmit(q.deviceRx);
+    if (q.events.pending > 0) q.events.flush();
+    const broken = q.tx.broken ?? q.rx.broken ?? q.event.broken;
+    if (broken !== null) {
+      this.#apply(this.transport.fail(broken));
+      return work;
+    }
+    if (this.#ringDriver !== undefined) {
+      if (
+        q.rx.shouldNotify() || q.tx.shouldNotify() || q.event.shouldNotify()
+      ) {
+        this.#ringDriver(DEVICE_VECTOR.QUEUE);
+      }
+    }
+    return work;
+  }
+
+  #apply(change: TransportChange | null): void {
+    if (change === null) return;
+    if (change.type === "activated") {
+      if (this.#doorbells.length > 0) {
+        // Ask for doorbells: the waker sleeps on them instead of polling.
+        for (const queue of [change.queues.tx, change.queues.rx]) {
+          queue.enableNotifications();
+        }
+      }
+      this.#port.activated(change.queues);
+    } else {
+      this.#port.deactivated(change.reason);
+    }
+    this.#watch();
+  }
+
+  #watch(): void {
+    this.#waker.watch(this.transport.watchedWords(), this.#doorbells);
+  }
+}
+
+/** Yields to the event loop cheaply (~10 us; `setTimeout(0)` costs ~2 ms). */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

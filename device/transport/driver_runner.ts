@@ -1,0 +1,204 @@
+/**
+ * The driver's main loop (the guest agent's side): keeps the transport
+ * negotiated, moves packets between the queues and the layer above (a
+ * {@linkcode DriverPort}), beats, and sleeps on the {@linkcode Waker}.
+ *
+ * When the device restarts, asks for a reset, stops beating, or returns
+ * something impossible, the port hears `deactivated`, and the loop resets
+ * and renegotiates, retrying until the device answers again: the driver
+ * process itself never has to restart.
+ *
+ * @module
+ */
+
+import type { LogFn } from "../log.ts";
+import { silentLog } from "../log.ts";
+import type { InboundPacket } from "../packets/inbound_packet.ts";
+import type { DriverTx } from "../packets/driver_tx.ts";
+import { Waker } from "../notify/waker.ts";
+import type { DriverQueues, DriverTransport } from "./driver_transport.ts";
+import { DEVICE_VECTOR } from "./layout.ts";
+import { yieldToEventLoop } from "./device_runner.ts";
+
+/** What the driver loop drives: the guest-side vsock engine, or a test. */
+export interface DriverPort {
+  activated(queues: DriverQueues): void;
+  deactivated(reason: string): void;
+  /** A packet from the device; copy what you keep before returning. */
+  receive(packet: InboundPacket): void;
+  /** An event from the event queue (TRANSPORT_RESET). */
+  event(id: number): void;
+  /** Writes pending packets to the tx queue; returns how many. */
+  transmit(tx: DriverTx, maxPayload: number): number;
+}
+
+/** Driver loop settings. */
+export interface DriverRunnerOptions {
+  /** Heartbeat period. @default {100} */
+  heartbeatMs?: number;
+  /** Packets taken per turn. @default {256} */
+  batch?: number;
+  /** Rings the device's `vector` (doorbell mode). */
+  ringDevice?: (vector: number) => void;
+  /** Eventfds the device rings us on (a simulated guest that is an ivshmem client). */
+  doorbells?: readonly number[];
+  /** Pause between failed negotiations. @default {200} */
+  retryMs?: number;
+  /** How long each start attempt waits for the device to appear. @default {1000} */
+  startWaitMs?: number;
+  log?: LogFn;
+}
+
+/** Runs a {@linkcode DriverTransport} until stopped. */
+export class DriverRunner {
+  readonly transport: DriverTransport;
+  #port: DriverPort;
+  #waker: Waker;
+  #heartbeatMs: number;
+  #batch: number;
+  #ringDevice: ((vector: number) => void) | undefined;
+  #doorbells: readonly number[];
+  #retryMs: number;
+  #startWaitMs: number;
+  #log: LogFn;
+  #stopping = false;
+  #abort = new AbortController();
+  #done: Promise<void> | null = null;
+
+  constructor(
+    transport: DriverTransport,
+    port: DriverPort,
+    options: DriverRunnerOptions = {},
+  ) {
+    this.transport = transport;
+    this.#port = port;
+    this.#heartbeatMs = options.heartbeatMs ?? 100;
+    this.#batch = options.batch ?? 256;
+    this.#ringDevice = options.ringDevice;
+    this.#doorbells = options.doorbells ?? [];
+    this.#retryMs = options.retryMs ?? 200;
+    this.#startWaitMs = options.startWaitMs ?? 1000;
+    this.#log = options.log ?? silentLog;
+    this.#waker = new Waker(transport.region);
+  }
+
+  /** Runs until stopped: starts the transport, then keeps it running. */
+  run(): Promise<void> {
+    this.#done ??= this.#loop();
+    return this.#done;
+  }
+
+  /** The layer above has something to send. */
+  kick(): void {
+    this.#waker.poke();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#abort.abort();
+    this.#waker.poke();
+    await this.#done?.catch(() => {});
+    await this.#waker.close();
+  }
+
+  async #loop(): Promise<void> {
+    const signal = this.#abort.signal;
+    let lastBeat = -Infinity;
+    let active = false;
+    let started = false;
+    while (!this.#stopping) {
+      const now = performance.now();
+      if (now - lastBeat >= this.#heartbeatMs) {
+        this.transport.beat();
+        lastBeat = now;
+      }
+      if (!active) {
+        try {
+          // The first start waits for the device and bumps our generation;
+          // later ones reset and renegotiate over the same region.
+          const queues = started
+            ? await this.transport.negotiate(signal)
+            : await this.transport.start(this.#startWaitMs, signal);
+          started = true;
+          active = true;
+          this.#port.activated(queues);
+          this.#watch();
+        } catch (err) {
+          if (this.#stopping) break;
+          this.#log(
+            "warn",
+            `cannot start the transport, retrying: ${errorText(err)}`,
+          );
+          // Keep beating while we wait, so the device does not drop us.
+          this.transport.beat();
+          await sleep(this.#retryMs, signal);
+        }
+        continue;
+      }
+      const change = this.transport.poll(now);
+      const q = this.transport.queues;
+      if (change !== null || q === null) {
+        active = false;
+        this.#port.deactivated(change?.reason ?? "transport stopped");
+        this.#watch();
+        continue;
+      }
+      const work = this.#turn(q);
+      const broken = q.rx.broken ?? q.tx.broken ?? q.event.broken;
+      if (broken !== null) {
+        this.#log("warn", `device broke a queue rule, resetting: ${broken}`);
+        active = false;
+        this.#port.deactivated(`device error: ${broken}`);
+        continue;
+      }
+      if (work > 0) {
+        this.#waker.activity();
+        await yieldToEventLoop();
+        continue;
+      }
+      await this.#waker.wait(
+        Math.max(1, this.#heartbeatMs - (performance.now() - lastBeat)),
+      );
+    }
+  }
+
+  #turn(q: DriverQueues): number {
+    let work = 0;
+    while (work < this.#batch && q.driverRx.next()) {
+      this.#port.receive(q.driverRx.packet);
+      work++;
+    }
+    let kick = q.rx.publish();
+    for (let id = q.events.next(); id >= 0; id = q.events.next()) {
+      this.#port.event(id);
+      work++;
+    }
+    if (this.transport.queues !== q) return work;
+    work += this.#port.transmit(q.driverTx, q.maxTxPayload);
+    kick = q.tx.publish() || kick;
+    if (kick && this.#ringDevice !== undefined) {
+      this.#ringDevice(DEVICE_VECTOR.QUEUE);
+    }
+    return work;
+  }
+
+  #watch(): void {
+    this.#waker.watch(this.transport.watchedWords(), this.#doorbells);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+  });
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
