@@ -40,6 +40,17 @@ export class ByteRing {
     return this.#used;
   }
 
+  /** The largest allocation that would succeed now. */
+  largestFree(): number {
+    if (this.#count === this.#starts.length) return 0;
+    if (this.#count === 0) return this.size;
+    if (this.#head === this.#tail) return 0;
+    if (this.#head > this.#tail) {
+      return Math.max(this.size - this.#head, this.#tail);
+    }
+    return this.#tail - this.#head;
+  }
+
   /**
    * Allocates `length` contiguous bytes. Returns `{ offset, ticket }` in the
    * region's coordinates, or `null` when no contiguous space is free now.

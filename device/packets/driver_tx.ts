@@ -92,6 +92,17 @@ export class DriverTx {
     return true;
   }
 
+  /**
+   * The largest payload a packet could carry now (after reclaiming what the
+   * device has consumed), or -1 when no packet fits at all.
+   */
+  room(): number {
+    this.reclaim();
+    if (this.queue.freeCount < 1) return -1;
+    const largest = this.#space.largestFree();
+    return largest < HDR_LEN ? -1 : Math.min(MAX_PAYLOAD, largest - HDR_LEN);
+  }
+
   /** Frees the space of every packet the device has consumed. */
   reclaim(): number {
     let n = 0;

@@ -1,0 +1,95 @@
+/**
+ * One engine and a scripted peer: the test writes the peer's packets by
+ * hand and reads what the engine sends back, with no transport in between.
+ * For the protocol's corner cases.
+ *
+ * @module
+ */
+
+import { InboundPacket } from "../../device/packets/inbound_packet.ts";
+import {
+  MAX_PAYLOAD,
+  newHeader,
+  OP,
+  type PacketHeader,
+  TYPE,
+} from "../../device/packets/header.ts";
+import type { PacketSink } from "../../device/vsock/connection.ts";
+import { type EngineOptions, VsockEngine } from "../../device/vsock/engine.ts";
+
+/** A packet the engine sent. */
+export interface Sent {
+  h: PacketHeader;
+  payload: Uint8Array;
+}
+
+export const LOCAL_CID = 2;
+export const PEER_CID = 3;
+
+/** An engine (host role, CID 2) talking to a scripted guest (CID 3). */
+export class ScriptedPeer {
+  readonly engine: VsockEngine;
+  /** Everything the engine sent, oldest first. */
+  readonly sent: Sent[] = [];
+  /** Largest payload the sink accepts; -1 blocks it entirely. */
+  room = MAX_PAYLOAD;
+  kicks = 0;
+  readonly sink: PacketSink = {
+    room: () => this.room,
+    send: (h, payload) => {
+      if (this.room < 0 || payload.length > this.room) return false;
+      this.sent.push({
+        h: { ...h, len: payload.length },
+        payload: payload.slice(),
+      });
+      return true;
+    },
+  };
+  #packet = new InboundPacket();
+
+  constructor(options: EngineOptions = {}, seqpacket = true) {
+    this.engine = new VsockEngine(options);
+    this.engine.setKick(() => this.kicks++);
+    this.engine.activate(LOCAL_CID, PEER_CID, seqpacket);
+  }
+
+  /** Delivers a packet from the peer. Defaults: an RW on a STREAM, peer -> us. */
+  deliver(
+    fields: Partial<PacketHeader>,
+    payload: Uint8Array = new Uint8Array(0),
+  ): void {
+    const h = this.#packet.header;
+    Object.assign(h, newHeader(), {
+      srcCid: PEER_CID,
+      dstCid: LOCAL_CID,
+      type: TYPE.STREAM,
+      op: OP.RW,
+      bufAlloc: 256 * 1024,
+    }, fields);
+    h.len = payload.length;
+    this.#packet.clear();
+    this.#packet.addChunk(payload);
+    this.engine.receive(this.#packet);
+  }
+
+  /** Lets the engine transmit; returns what it sent this time. */
+  pump(): Sent[] {
+    const before = this.sent.length;
+    this.engine.transmit(this.sink);
+    return this.sent.slice(before);
+  }
+
+  /** The ops of what `pump()` sent, as names. */
+  pumpOps(): string[] {
+    return this.pump().map((s) => opName(s.h.op));
+  }
+}
+
+export function opName(op: number): string {
+  return Object.entries(OP).find(([, v]) => v === op)?.[0] ?? `op ${op}`;
+}
+
+/** Waits for microtasks and timers of `ms` to run. */
+export function tick(ms = 0): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,184 @@
+/**
+ * Credit flow control (virtio 1.3, 5.10.6.3) against a scripted peer.
+ */
+import { assert, assertEquals } from "../../../dev_deps.ts";
+import { OP } from "../../../device/packets/header.ts";
+import { peerFree, u32Diff } from "../../../device/vsock/credit.ts";
+import type { VsockConnection } from "../../../device/vsock/connection.ts";
+import { opName, ScriptedPeer, tick } from "../../_support/scripted_peer.ts";
+
+async function open(
+  p: ScriptedPeer,
+  peerBufAlloc: number,
+  port = 5000,
+): Promise<VsockConnection> {
+  const listener = p.engine.listen(80 + port);
+  p.deliver({
+    op: OP.REQUEST,
+    srcPort: port,
+    dstPort: 80 + port,
+    bufAlloc: peerBufAlloc,
+  });
+  p.pump();
+  const conn = await listener.accept();
+  listener.close();
+  return conn;
+}
+
+Deno.test("peerFree() and u32Diff() count modulo 2^32", () => {
+  assertEquals(u32Diff(5, 0xfffffff0), 21);
+  assertEquals(
+    peerFree(1000, 5, 0xfffffff0),
+    979,
+    "tx_cnt wrapped past peer fwd_cnt",
+  );
+  assertEquals(peerFree(1000, 0xfffffffa, 0xfffffffa), 1000);
+  assertEquals(
+    peerFree(100, 200, 0),
+    0,
+    "a peer that shrank its buffer owes us nothing",
+  );
+});
+
+Deno.test("engine never sends beyond the peer's credit, then asks for more", async () => {
+  const p = new ScriptedPeer();
+  const conn = await open(p, 1000);
+  const writer = conn.writable.getWriter();
+  const done = writer.write(new Uint8Array(2500));
+  await tick();
+  const sent = p.pump();
+  assertEquals(sent.map((s) => [opName(s.h.op), s.h.len]), [["RW", 1000], [
+    "CREDIT_REQUEST",
+    0,
+  ]]);
+  assertEquals(p.pump(), [], "nothing more until the peer grants credit");
+  p.deliver({
+    op: OP.CREDIT_UPDATE,
+    srcPort: 5000,
+    dstPort: 5080,
+    bufAlloc: 1000,
+    fwdCnt: 1000,
+  });
+  assertEquals(
+    p.pump().map((s) => [opName(s.h.op), s.h.len]),
+    [["RW", 1000], ["CREDIT_REQUEST", 0]],
+    "out of credit again: ask again",
+  );
+  // Credit can also arrive on any packet: every packet carries fwd_cnt.
+  p.deliver({
+    op: OP.RW,
+    srcPort: 5000,
+    dstPort: 5080,
+    bufAlloc: 1000,
+    fwdCnt: 2000,
+  }, new Uint8Array(1));
+  assertEquals(p.pump().map((s) => s.h.len), [500]);
+  await done;
+  p.engine.close();
+});
+
+Deno.test("engine honours credit counters that wrap around 2^32", async () => {
+  const p = new ScriptedPeer();
+  const conn = await open(p, 100);
+  // The peer claims fwd_cnt just below 2^32 while our tx_cnt is 0: in u32
+  // terms we are 16 bytes ahead... of nothing sent, which means the window
+  // is shifted; only 84 bytes fit.
+  p.deliver({
+    op: OP.CREDIT_UPDATE,
+    srcPort: 5000,
+    dstPort: 5080,
+    bufAlloc: 100,
+    fwdCnt: 0xfffffff0,
+  });
+  const w = conn.writable.getWriter();
+  w.write(new Uint8Array(200)).catch(() => {});
+  await tick();
+  assertEquals(p.pump()[0]!.h.len, 84);
+  p.engine.close();
+});
+
+Deno.test("engine sends CREDIT_UPDATE once the reader frees space the peer thinks it lacks", async () => {
+  const p = new ScriptedPeer({ bufAlloc: 4096 });
+  const conn = await open(p, 65536);
+  p.deliver({ op: OP.RW, srcPort: 5000, dstPort: 5080 }, new Uint8Array(1000));
+  const reader = conn.readable.getReader();
+  await reader.read();
+  assertEquals(
+    p.pump(),
+    [],
+    "3 KiB still free as the peer sees it: no update yet",
+  );
+  p.deliver({ op: OP.RW, srcPort: 5000, dstPort: 5080 }, new Uint8Array(2500));
+  await reader.read();
+  const [update] = p.pump();
+  assertEquals(opName(update!.h.op), "CREDIT_UPDATE");
+  assertEquals([update!.h.fwdCnt, update!.h.bufAlloc], [3500, 4096]);
+  p.engine.close();
+});
+
+Deno.test("engine answers CREDIT_REQUEST with CREDIT_UPDATE", async () => {
+  const p = new ScriptedPeer();
+  await open(p, 65536);
+  p.deliver({ op: OP.CREDIT_REQUEST, srcPort: 5000, dstPort: 5080 });
+  const [u] = p.pump();
+  assertEquals([opName(u!.h.op), u!.h.fwdCnt], ["CREDIT_UPDATE", 0]);
+  p.engine.close();
+});
+
+Deno.test("a slow reader withholds credit and never buffers beyond buf_alloc", async () => {
+  const p = new ScriptedPeer({ bufAlloc: 8192 });
+  const conn = await open(p, 65536);
+  let offered = 0;
+  // A well-behaved peer sends exactly what it was granted.
+  while (offered < 8192) {
+    p.deliver(
+      { op: OP.RW, srcPort: 5000, dstPort: 5080 },
+      new Uint8Array(1024),
+    );
+    offered += 1024;
+  }
+  assertEquals(conn.unreadBytes, 8192);
+  assertEquals(p.pump(), [], "no credit is returned while nothing is read");
+  const reader = conn.readable.getReader();
+  let read = 0;
+  while (read < 8192) read += (await reader.read()).value!.length;
+  const updates = p.pump().filter((s) => s.h.op === OP.CREDIT_UPDATE);
+  assert(updates.length >= 1);
+  assertEquals(updates.at(-1)!.h.fwdCnt, 8192, "reading returns the credit");
+  p.engine.close();
+});
+
+Deno.test("a peer sending beyond its credit gets that one connection reset and nobody else notices", async () => {
+  const p = new ScriptedPeer({ bufAlloc: 4096 });
+  const a = await open(p, 65536, 5000);
+  const b = await open(p, 65536, 6000);
+  p.deliver({ op: OP.RW, srcPort: 5000, dstPort: 5080 }, new Uint8Array(4096));
+  p.deliver({ op: OP.RW, srcPort: 5000, dstPort: 5080 }, new Uint8Array(1)); // one byte too many
+  const sent = p.pump();
+  assertEquals(sent.map((s) => [opName(s.h.op), s.h.dstPort]), [["RST", 5000]]);
+  const info = await a.closed;
+  assertEquals(info.reason, "EPROTO");
+  assert(info.message.includes("beyond the credit"), info.message);
+  // b carries on.
+  p.deliver(
+    { op: OP.RW, srcPort: 6000, dstPort: 6080 },
+    new Uint8Array([1, 2, 3]),
+  );
+  const chunk = await b.readable.getReader().read();
+  assertEquals([...chunk.value!], [1, 2, 3]);
+  assertEquals(b.state, "established");
+  p.engine.close();
+});
+
+Deno.test("every packet carries our current buf_alloc and fwd_cnt", async () => {
+  const p = new ScriptedPeer({ bufAlloc: 1 << 20 });
+  const conn = await open(p, 65536);
+  p.deliver({ op: OP.RW, srcPort: 5000, dstPort: 5080 }, new Uint8Array(300));
+  await conn.readable.getReader().read();
+  const w = conn.writable.getWriter();
+  w.write(new Uint8Array(10)).catch(() => {});
+  await tick();
+  const [rw] = p.pump();
+  assertEquals([rw!.h.bufAlloc, rw!.h.fwdCnt], [1 << 20, 300]);
+  p.engine.close();
+});
