@@ -138,12 +138,20 @@ function run(init: WakerInit): void {
       continue;
     }
     const ms = sleepFor(now - lastChange, init.options);
-    if (fdCount > 0 && ms > 0) {
+    if (fdCount > 0 && ms >= 1) {
+      // poll(2) counts whole milliseconds: block on the doorbells.
       if (pollEventFds(ms)) {
         lastChange = performance.now();
         signalMain();
       }
     } else if (ms > 0) {
+      // A sub-millisecond sleep: look at the doorbells without blocking,
+      // then sleep on the futex, which keeps microsecond resolution.
+      if (fdCount > 0 && pollEventFds(0)) {
+        lastChange = performance.now();
+        signalMain();
+        continue;
+      }
       Atomics.wait(ctl, CTL_SLEEP, 0, ms);
     }
   }

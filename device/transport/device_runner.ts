@@ -23,7 +23,6 @@ import type {
   DeviceTransport,
   TransportChange,
 } from "./device_transport.ts";
-import { DEVICE_VECTOR } from "./layout.ts";
 
 /** What the device loop drives: the vsock engine, or a test's echo. */
 export interface DevicePort {
@@ -127,6 +126,7 @@ export class DeviceRunner {
         await yieldToEventLoop();
         continue;
       }
+      if (this.#rearmDoorbells()) continue; // buffers arrived as we re-armed
       const untilBeat = Math.max(
         1,
         this.#heartbeatMs - (performance.now() - lastBeat),
@@ -154,24 +154,32 @@ export class DeviceRunner {
       return work;
     }
     if (this.#ringDriver !== undefined) {
-      if (
-        q.rx.shouldNotify() || q.tx.shouldNotify() || q.event.shouldNotify()
-      ) {
-        this.#ringDriver(DEVICE_VECTOR.QUEUE);
-      }
+      // Every queue's decision is taken (and recorded), then one ring.
+      const rx = q.rx.shouldNotify();
+      const tx = q.tx.shouldNotify();
+      const event = q.event.shouldNotify();
+      if (rx || tx || event) this.#ringDriver(q.driverVector);
     }
     return work;
+  }
+
+  /**
+   * In doorbell mode, asks the driver to ring for new buffers before we
+   * sleep (avail_event, or clearing NO_NOTIFY); true when some arrived
+   * meanwhile and we should not sleep.
+   */
+  #rearmDoorbells(): boolean {
+    const q = this.transport.queues;
+    if (q === null || this.#doorbells.length === 0) return false;
+    const tx = q.tx.enableNotifications();
+    const rx = q.rx.enableNotifications();
+    const event = q.event.enableNotifications();
+    return tx || rx || event;
   }
 
   #apply(change: TransportChange | null): void {
     if (change === null) return;
     if (change.type === "activated") {
-      if (this.#doorbells.length > 0) {
-        // Ask for doorbells: the waker sleeps on them instead of polling.
-        for (const queue of [change.queues.tx, change.queues.rx]) {
-          queue.enableNotifications();
-        }
-      }
       this.#port.activated(change.queues);
     } else {
       this.#port.deactivated(change.reason);

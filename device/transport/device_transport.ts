@@ -97,6 +97,8 @@ export interface ActiveQueues {
   /** Negotiated features. */
   features: bigint;
   mergeable: boolean;
+  /** The driver's vector to ring for queue activity (the rx queue record's). */
+  driverVector: number;
 }
 
 /** A change the layer above must act on. */
@@ -256,7 +258,12 @@ export class DeviceTransport {
             `guest driver restarted (generation ${generation})`,
           )
           : null;
+        // Nothing the old guest negotiated or broke carries over.
         this.#state = "waiting";
+        this.#accepted = 0;
+        this.#features = 0n;
+        this.#setReason("");
+        this.#writeStatus(0);
         this.#log("info", `guest driver restarted (generation ${generation})`);
         // The new driver starts with a reset; answer it below if it has.
         return this.#handleStatus() ?? change;
@@ -292,6 +299,13 @@ export class DeviceTransport {
     return change;
   }
 
+  /** Fails with NEEDS_RESET in answer to status write `seq`, acknowledging it. */
+  #refuse(reason: string, seq: number): TransportChange | null {
+    const change = this.fail(reason);
+    this.region.store32(H.STATUS_ACK, seq);
+    return change;
+  }
+
   /** Logs a dropped packet or chain, at most a few per second per kind. */
   logDrop(reason: string): void {
     this.#limited(reason.split(":")[0] ?? reason, "warn", reason);
@@ -321,23 +335,30 @@ export class DeviceTransport {
       this.#ack(this.#accepted | STATUS.NEEDS_RESET, seq);
       return null;
     }
+    if (this.#state === "failed") {
+      // FAILED lasts until a reset, like NEEDS_RESET.
+      this.#ack(this.#accepted, seq);
+      return null;
+    }
     if (s & STATUS.FAILED) {
       if (this.#queues !== null) {
         change = this.#deactivate("driver marked the device FAILED");
       }
       this.#state = "failed";
+      this.#accepted |= STATUS.FAILED;
       this.#log("warn", "guest driver gave up on the device (FAILED)");
-      this.#ack(this.#accepted | STATUS.FAILED, seq);
+      this.#ack(this.#accepted, seq);
       return change;
     }
     const known = STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK |
       STATUS.DRIVER_OK;
     const wanted = s & known;
     if ((this.#accepted & ~wanted) !== 0) {
-      return this.fail(
+      return this.#refuse(
         `driver cleared status bits 0x${
           (this.#accepted & ~wanted).toString(16)
         } without a reset`,
+        seq,
       );
     }
     let accepted = this.#accepted |
@@ -354,17 +375,21 @@ export class DeviceTransport {
     if ((wanted & STATUS.DRIVER_OK) && !(accepted & STATUS.DRIVER_OK)) {
       if (!(accepted & STATUS.FEATURES_OK)) {
         this.#accepted = accepted;
-        return this.fail(
+        return this.#refuse(
           "driver set DRIVER_OK before the device accepted FEATURES_OK",
+          seq,
         );
       }
       const reason = this.#activate();
       if (reason !== null) {
         this.#accepted = accepted;
-        return this.fail(`bad queue configuration: ${reason}`);
+        return this.#refuse(`bad queue configuration: ${reason}`, seq);
       }
       accepted |= STATUS.DRIVER_OK;
       this.#state = "running";
+      // Judge the driver's liveness from now on, not from before it spent
+      // time setting up.
+      this.#lastHeartbeatAt = performance.now();
       change = { type: "activated", queues: this.#queues! };
       if (this.#owesTransportReset) {
         this.#owesTransportReset = false;
@@ -475,6 +500,7 @@ export class DeviceTransport {
       events: new DeviceEvents(event, onDrop),
       features: this.#features,
       mergeable,
+      driverVector: r.getU32(queueRecord(QUEUE.RX) + Q.VECTOR),
     };
     return null;
   }
@@ -524,6 +550,7 @@ export class DeviceTransport {
         `re-attached to a region with a driver present: ${reason}`,
       );
     } else {
+      this.#setReason("");
       this.#writeStatus(0);
     }
     // Written last: a driver waiting for the device sees a complete header.

@@ -122,6 +122,12 @@ export class DriverRunner {
           started = true;
           active = true;
           this.#port.activated(queues);
+          // The device queues TRANSPORT_RESET before it acknowledges
+          // DRIVER_OK, so it is visible now: take it before any packet of
+          // the new session, or it would end connections that session opens.
+          for (let id = queues.events.next(); id >= 0; id = queues.events.next()) {
+            this.#port.event(id);
+          }
           this.#watch();
         } catch (err) {
           if (this.#stopping) break;
@@ -156,6 +162,7 @@ export class DriverRunner {
         await yieldToEventLoop();
         continue;
       }
+      if (this.#rearmCallbacks(q)) continue; // entries arrived as we re-armed
       await this.#waker.wait(
         Math.max(1, this.#heartbeatMs - (performance.now() - lastBeat)),
       );
@@ -180,6 +187,19 @@ export class DriverRunner {
       this.#ringDevice(DEVICE_VECTOR.QUEUE);
     }
     return work;
+  }
+
+  /**
+   * When the device can wake us (doorbells), asks it to before we sleep
+   * (used_event, or clearing NO_INTERRUPT); true when used entries arrived
+   * meanwhile and we should not sleep.
+   */
+  #rearmCallbacks(q: DriverQueues): boolean {
+    if (this.#doorbells.length === 0) return false;
+    const rx = q.rx.enableCallbacks();
+    const tx = q.tx.enableCallbacks();
+    const event = q.event.enableCallbacks();
+    return rx || tx || event;
   }
 
   #watch(): void {

@@ -30,6 +30,7 @@ import {
 } from "./features.ts";
 import { TransportError } from "./device_transport.ts";
 import {
+  DEVICE_VECTOR,
   H,
   HEADER_SIZE,
   LAYOUT_VERSION,
@@ -55,6 +56,11 @@ export interface DriverTransportOptions {
   eventIdx?: boolean;
   /** This driver's ivshmem peer id (IVPosition), if it has one. */
   driverPeer?: number;
+  /**
+   * Rings the device's `vector` (doorbell mode): used after each status
+   * write so the device answers at once instead of at its next poll.
+   */
+  ringDevice?: (vector: number) => void;
   /** A device that does not answer or beat for this long is presumed gone. @default {3000} */
   deviceTimeoutMs?: number;
   log?: LogFn;
@@ -88,10 +94,13 @@ const EVENT_QUEUE_SIZE = 8;
 export class DriverTransport {
   readonly region: Region;
   readonly options:
-    & Required<Omit<DriverTransportOptions, "driverPeer" | "log">>
+    & Required<
+      Omit<DriverTransportOptions, "driverPeer" | "log" | "ringDevice">
+    >
     & {
       driverPeer: number;
     };
+  #ringDevice: ((vector: number) => void) | undefined;
   #log: LogFn;
   #queues: DriverQueues | null = null;
   #seq = 0;
@@ -110,6 +119,7 @@ export class DriverTransport {
       driverPeer: options.driverPeer ?? NO_PEER,
     };
     this.#log = options.log ?? silentLog;
+    this.#ringDevice = options.ringDevice;
     if (!isValidQueueSize(this.options.queueSize)) {
       throw new RangeError(
         `Queue size must be a power of two from 1 to 32768, received ${this.options.queueSize}`,
@@ -157,7 +167,14 @@ export class DriverTransport {
     this.#queues = null;
     this.#seq = r.load32(H.STATUS_SEQ);
     r.store32(H.DRIVER_PEER, this.options.driverPeer);
-    await this.#setStatus(0, signal);
+    const afterReset = await this.#setStatus(0, signal);
+    if (afterReset !== 0) {
+      throw new TransportError(
+        `Device answered a reset with status 0x${
+          afterReset.toString(16)
+        } instead of 0`,
+      );
+    }
     this.#deviceGeneration = r.load32(H.DEVICE_GENERATION);
     await this.#setStatus(STATUS.ACKNOWLEDGE, signal);
     await this.#setStatus(STATUS.ACKNOWLEDGE | STATUS.DRIVER, signal);
@@ -359,7 +376,7 @@ export class DriverTransport {
       events,
       features,
       mergeable,
-      guestCid: Number(r.getU64(H.GUEST_CID) & 0xffffffffn),
+      guestCid: this.#readGuestCid(),
       maxTxPayload: Math.min(MAX_PAYLOAD, txBytes - HDR_LEN),
     };
   }
@@ -371,6 +388,7 @@ export class DriverTransport {
     this.#seq = seq;
     r.store32(H.DRIVER_STATUS, status);
     r.store32(H.STATUS_SEQ, seq);
+    this.#ringDevice?.(DEVICE_VECTOR.CONFIG);
     const deadline = performance.now() + this.options.deviceTimeoutMs;
     while (r.load32(H.STATUS_ACK) !== seq) {
       signal?.throwIfAborted();
@@ -416,6 +434,13 @@ export class DriverTransport {
       await sleep(10);
     }
     const version = r.getU16(H.VERSION);
+    if (r.getU16(H.HEADER_SIZE) !== HEADER_SIZE) {
+      throw new TransportError(
+        `Region header size is ${
+          r.getU16(H.HEADER_SIZE)
+        }, this driver expects ${HEADER_SIZE}`,
+      );
+    }
     if (version !== LAYOUT_VERSION) {
       throw new TransportError(
         `Region uses ivsock layout version ${version}; this driver speaks ${LAYOUT_VERSION}`,
@@ -428,6 +453,27 @@ export class DriverTransport {
         } bytes but ${r.size} are mapped`,
       );
     }
+  }
+
+  /**
+   * guest_cid, read consistently: the device makes CONFIG_GENERATION odd
+   * while it writes config, so retry until it is even and unchanged.
+   */
+  #readGuestCid(): number {
+    const r = this.region;
+    for (let tries = 0; tries < 1000; tries++) {
+      const before = r.load32(H.CONFIG_GENERATION);
+      if (before % 2 !== 0) continue;
+      const cid = r.getU64(H.GUEST_CID);
+      if (r.load32(H.CONFIG_GENERATION) !== before) continue;
+      if (cid < 3n || cid >= 0xffffffffn) {
+        throw new TransportError(
+          `Device reports guest CID ${cid}, which is reserved or out of range`,
+        );
+      }
+      return Number(cid);
+    }
+    throw new TransportError("Device config kept changing while it was read");
   }
 
   #reason(): string {

@@ -112,7 +112,9 @@ function walk(
         return `indirect table at ${addr} (+${len}) is outside the buffer area`;
       }
       // The walk restarts inside the table; its entries count towards the
-      // chain length, so the table cannot extend a chain past the queue size.
+      // chain length (the descriptor pointing at it does not: it is no
+      // buffer), so a table cannot extend a chain past the queue size.
+      visited--;
       table = addr;
       tableSize = len / DESC_SIZE;
       inIndirect = true;

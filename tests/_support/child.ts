@@ -92,6 +92,27 @@ export class Child {
     });
   }
 
+  /**
+   * Waits for the child to exit by itself (no signal) and for its output to
+   * end; rejects after `timeoutMs`.
+   */
+  async exited(timeoutMs: number): Promise<Deno.CommandStatus> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`${this.name}: did not exit within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+    });
+    try {
+      const status = await Promise.race([this.#status, timeout]);
+      await this.#pump;
+      return status;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Sends `signal` (if still running) and waits for exit and end of output. */
   async stop(signal: Deno.Signal = "SIGTERM"): Promise<Deno.CommandStatus> {
     if (!this.#exited) {

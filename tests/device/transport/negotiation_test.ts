@@ -249,6 +249,11 @@ Deno.test("device needs a reset when DRIVER_OK comes before FEATURES_OK", () => 
     STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.DRIVER_OK,
   );
   assert(r.status & STATUS.NEEDS_RESET);
+  assertEquals(
+    r.ack,
+    region.load32(H.STATUS_SEQ),
+    "the refusal answers the write",
+  );
   assertMatch(
     device.reason,
     /DRIVER_OK before the device accepted FEATURES_OK/,
@@ -275,6 +280,11 @@ async function badConfig(tamper: (region: Region) => void): Promise<string> {
     STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK,
   );
   assert(r.status & STATUS.NEEDS_RESET, "NEEDS_RESET is set");
+  assertEquals(
+    r.ack,
+    region.load32(H.STATUS_SEQ),
+    "the refusal answers the write",
+  );
   assertEquals(r.status & STATUS.DRIVER_OK, 0);
   assertEquals(device.state, "needs-reset");
   assertEquals(device.queues, null);
@@ -446,4 +456,26 @@ Deno.test("driver says so when the device does not answer", async () => {
     TransportError,
     "did not answer status 0x0 within 30 ms",
   );
+});
+
+Deno.test("FAILED lasts until the driver resets", () => {
+  const region = Region.alloc(SIZE);
+  const device = DeviceTransport.attach(region, { guestCid: 3 });
+  driverWrites(region, device, STATUS.ACKNOWLEDGE | STATUS.FAILED);
+  assertEquals(device.state, "failed");
+  const r = driverWrites(region, device, STATUS.ACKNOWLEDGE | STATUS.DRIVER);
+  assert(r.status & STATUS.FAILED, "still failed");
+  assertEquals(device.state, "failed");
+  assertEquals(driverWrites(region, device, 0).status, 0);
+  assertEquals(device.state, "waiting");
+});
+
+Deno.test("a new guest generation clears NEEDS_RESET, the features and the reason", async () => {
+  const { region, device } = await running();
+  device.fail("something broke");
+  region.add32(H.DRIVER_GENERATION, 1);
+  device.poll();
+  assertEquals(device.state, "waiting");
+  assertEquals(device.status, 0);
+  assertEquals(device.reason, "");
 });

@@ -288,6 +288,23 @@ Deno.test("device rejects a next index outside the indirect table", () => {
   assertDropped(q, 0, /next 2, outside a table of 2/);
 });
 
+Deno.test("device accepts an indirect table of exactly the queue size", () => {
+  const q = rawQueue(4, { indirect: true });
+  const table = q.bufferStart;
+  q.driver.desc(0, { addr: table, len: 64, flags: DESC_F.INDIRECT });
+  for (let i = 0; i < 4; i++) {
+    writeIndirect(q, table, i, {
+      addr: table + 128,
+      len: 4,
+      flags: i < 3 ? DESC_F.NEXT : 0,
+      next: i + 1,
+    });
+  }
+  q.driver.offer(0);
+  assertEquals(q.device.pop(q.segments), 0);
+  assertEquals(q.segments.count, 4);
+});
+
 Deno.test("device counts indirect entries towards the chain length limit", () => {
   const q = rawQueue(4, { indirect: true });
   const b = q.bufferStart;
