@@ -125,7 +125,11 @@ export class DriverRunner {
           // The device queues TRANSPORT_RESET before it acknowledges
           // DRIVER_OK, so it is visible now: take it before any packet of
           // the new session, or it would end connections that session opens.
-          for (let id = queues.events.next(); id >= 0; id = queues.events.next()) {
+          for (
+            let id = queues.events.next();
+            id >= 0;
+            id = queues.events.next()
+          ) {
             this.#port.event(id);
           }
           this.#watch();

@@ -151,6 +151,7 @@ export class VsockConnection {
   #readDone = false;
   #writes: PendingWrite[] = [];
   #writeClosed = false;
+  #writableController: WritableStreamDefaultController | null = null;
 
   constructor(
     host: ConnectionHost,
@@ -183,6 +184,9 @@ export class VsockConnection {
     );
     this.writable = new WritableStream<Uint8Array>(
       {
+        start: (controller) => {
+          this.#writableController = controller;
+        },
         write: (chunk) => this.#write(chunk),
         close: () => this.#closeWrite(),
         abort: (reason) => this.reset(`writer aborted: ${String(reason)}`),
@@ -429,7 +433,7 @@ export class VsockConnection {
     this.#peerShut |= flags;
     if ((flags & SHUTDOWN_F.RCV) && !(before & SHUTDOWN_F.RCV)) {
       // The peer reads no more: what we have not sent never will be.
-      this.#failWrites(new VsockError("EPIPE", "peer shut down receiving"));
+      this.#stopWriting(new VsockError("EPIPE", "peer shut down receiving"));
       this.#writeClosed = true;
     }
     if (flags & SHUTDOWN_F.SEND) this.#wakeReader();
@@ -713,10 +717,16 @@ export class VsockConnection {
 
   // ---- ending -------------------------------------------------------------
 
-  #failWrites(err: unknown): void {
+  /**
+   * Nothing more can be sent: fail queued writes and error the writable at
+   * once, so that a pipe into it (from a TCP socket that is quiet right
+   * now) learns it should stop instead of waiting for its next chunk.
+   */
+  #stopWriting(err: unknown): void {
     const writes = this.#writes;
     this.#writes = [];
     for (const w of writes) w.reject(err);
+    if (!this.#writeClosed) this.#writableController?.error(err);
   }
 
   #closedError(): VsockError {
@@ -746,7 +756,7 @@ export class VsockConnection {
         info.message,
       ),
     );
-    this.#failWrites(this.#closedError());
+    this.#stopWriting(this.#closedError());
     if (!orderly) this.#recv.clear();
     this.#wakeReader();
     this.#resolveClosed(info);

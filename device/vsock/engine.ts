@@ -180,6 +180,11 @@ export class VsockEngine implements ConnectionHost {
     return this.#replies.length;
   }
 
+  /** Replaces the event observer (see {@linkcode EngineOptions.onEvent}). */
+  setObserver(onEvent: (event: EngineEvent) => void): void {
+    this.#onEvent = onEvent;
+  }
+
   /** Sets what to call when there is something new to transmit. */
   setKick(kick: () => void): void {
     this.#kick = kick;

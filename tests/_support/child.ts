@@ -100,7 +100,10 @@ export class Child {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new Error(`${this.name}: did not exit within ${timeoutMs} ms`)),
+        () =>
+          reject(
+            new Error(`${this.name}: did not exit within ${timeoutMs} ms`),
+          ),
         timeoutMs,
       );
     });

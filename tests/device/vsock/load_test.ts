@@ -53,7 +53,11 @@ Deno.test({
         mismatched: 0,
         failed: 0,
       });
-      assertEquals((await host.exited(30_000)).code, 0, "the host finishes and exits by itself");
+      assertEquals(
+        (await host.exited(30_000)).code,
+        0,
+        "the host finishes and exits by itself",
+      );
     } finally {
       await host.stop("SIGKILL");
       await guest.stop("SIGKILL");
