@@ -1,0 +1,212 @@
+/**
+ * The host sidecar: the shared region, the device, the vsock engine, the
+ * routes and their listeners, assembled from one validated config, and taken
+ * apart again in order.
+ *
+ * Start-up either completes or leaves nothing behind: a region file this
+ * process created is removed, sockets are closed and unlinked, listeners
+ * closed.
+ *
+ * @module
+ */
+
+import type { LogFn } from "../device/log.ts";
+import { mapFile, type MappedFile } from "../device/shm/shm_file.ts";
+import { DeviceTransport } from "../device/transport/device_transport.ts";
+import { DeviceRunner } from "../device/transport/device_runner.ts";
+import { H, NO_PEER } from "../device/transport/layout.ts";
+import { IvshmemServer } from "../device/notify/ivshmem_server.ts";
+import { VsockEngine } from "../device/vsock/engine.ts";
+import { DeviceEnginePort } from "../device/vsock/transport_ports.ts";
+import type { ConfigSpec } from "../config/schema.ts";
+import { DataPlane } from "./data_plane.ts";
+import { EventBus } from "./events.ts";
+import { RouteTable } from "./route_table.ts";
+
+/** Start-up failed; the message says what and why. */
+export class SidecarError extends Error {
+  override name = "SidecarError";
+}
+
+/** A running host sidecar. */
+export class Sidecar {
+  readonly config: ConfigSpec;
+  readonly events = new EventBus();
+  readonly engine: VsockEngine;
+  readonly routes: RouteTable;
+  readonly transport: DeviceTransport;
+  readonly doorbell: IvshmemServer | null;
+  readonly startedAt = Date.now();
+  #mapping: MappedFile;
+  #runner: DeviceRunner;
+  #plane: DataPlane;
+  #log: LogFn;
+  #running: Promise<void>;
+  #stopped: Promise<void> | null = null;
+
+  private constructor(
+    config: ConfigSpec,
+    log: LogFn,
+    parts: {
+      mapping: MappedFile;
+      transport: DeviceTransport;
+      doorbell: IvshmemServer | null;
+      engine: VsockEngine;
+      plane: DataPlane;
+    },
+  ) {
+    this.config = config;
+    this.#log = log;
+    this.#mapping = parts.mapping;
+    this.transport = parts.transport;
+    this.doorbell = parts.doorbell;
+    this.engine = parts.engine;
+    this.#plane = parts.plane;
+    this.routes = new RouteTable({
+      engine: this.engine,
+      events: this.events,
+      log,
+    }, this.#plane);
+    const server = this.doorbell;
+    this.#runner = new DeviceRunner(
+      this.transport,
+      new DeviceEnginePort(this.engine, config.device.guestCid),
+      {
+        log,
+        ...(server === null ? {} : {
+          doorbells: server.deviceVectors.map((e) => e.fd),
+          ringDriver: (vector: number) => {
+            const peer = this.transport.region.load32(H.DRIVER_PEER);
+            if (peer === NO_PEER) return;
+            try {
+              server.ring(peer, vector);
+            } catch {
+              // A vector the guest's device does not have: nothing to ring.
+            }
+          },
+        }),
+      },
+    );
+    this.engine.setKick(() => this.#runner.kick());
+    this.#running = this.#runner.run();
+  }
+
+  /**
+   * Maps the region, attaches the device, starts the doorbell server (if
+   * configured) and every route.
+   *
+   * @throws {SidecarError} naming the part that failed; nothing is left
+   * behind.
+   */
+  static async start(config: ConfigSpec, log: LogFn): Promise<Sidecar> {
+    const d = config.device;
+    let mapping: MappedFile;
+    try {
+      mapping = mapFile(d.region, { mode: "create", size: d.size });
+    } catch (err) {
+      throw new SidecarError(`device.region: ${message(err)}`, { cause: err });
+    }
+    let doorbell: IvshmemServer | null = null;
+    let transport: DeviceTransport;
+    const engine = new VsockEngine({ bufAlloc: d.bufAlloc, log });
+    const plane = new DataPlane();
+    try {
+      try {
+        transport = DeviceTransport.attach(mapping.region, {
+          guestCid: d.guestCid,
+          maxQueueSize: d.maxQueueSize,
+          driverTimeoutMs: d.driverTimeoutMs,
+          notifyMode: d.doorbell ? "doorbell" : "poll",
+          log,
+        });
+      } catch (err) {
+        throw new SidecarError(`device.region ${d.region}: ${message(err)}`, {
+          cause: err,
+        });
+      }
+      if (d.doorbell) {
+        try {
+          doorbell = await IvshmemServer.listen({
+            path: d.doorbell.socket,
+            shmFd: mapping.fd,
+            vectors: d.doorbell.vectors,
+            onEvent: (e) => {
+              if (e.type === "log") log("info", `ivshmem server: ${e.message}`);
+              else {log(
+                  "info",
+                  `ivshmem peer ${e.id} ${
+                    e.type === "connect" ? "connected" : "disconnected"
+                  }`,
+                );}
+            },
+          });
+        } catch (err) {
+          throw new SidecarError(
+            `device.doorbell.socket ${d.doorbell.socket}: ${message(err)}`,
+            { cause: err },
+          );
+        }
+      }
+    } catch (err) {
+      mapping.close({ remove: mapping.created });
+      throw err;
+    }
+    const sidecar = new Sidecar(config, log, {
+      mapping,
+      transport,
+      doorbell,
+      engine,
+      plane,
+    });
+    engine.setObserver((e) => {
+      if (e.type === "transport") {
+        sidecar.events.emit({
+          type: "device",
+          state: e.state === "up" ? "running" : "stopped",
+          reason: e.reason,
+        });
+      }
+    });
+    try {
+      for (const spec of config.routes) await sidecar.routes.add(spec);
+    } catch (err) {
+      await sidecar.stop(0);
+      throw new SidecarError(message(err), { cause: err });
+    }
+    log(
+      "info",
+      `device ready on ${d.region} (${d.size} bytes, guest CID ${d.guestCid}, ${
+        d.doorbell ? `doorbell at ${d.doorbell.socket}` : "polling"
+      })`,
+    );
+    return sidecar;
+  }
+
+  /** The region file's path. */
+  get regionPath(): string {
+    return this.#mapping.path;
+  }
+
+  /**
+   * Stops accepting, lets connections drain for `graceMs`, resets the
+   * rest, and removes what this process created (the region file, the
+   * doorbell socket). Idempotent.
+   */
+  stop(graceMs: number): Promise<void> {
+    this.#stopped ??= (async () => {
+      await this.routes.close(graceMs);
+      await this.#plane.close();
+      this.engine.close();
+      await this.#runner.stop();
+      await this.#running;
+      await this.doorbell?.close();
+      this.#mapping.close({ remove: this.#mapping.created });
+      this.#log("info", "stopped");
+    })();
+    return this.#stopped;
+  }
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

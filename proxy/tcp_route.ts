@@ -1,0 +1,90 @@
+/**
+ * Host-initiated route: a TCP listener on the host; each accepted TCP
+ * connection becomes one vsock connection to a guest port.
+ *
+ * @module
+ */
+
+import { VsockError } from "../device/vsock/errors.ts";
+import { bridge } from "./bridge.ts";
+import { hostPort, RouteRuntime } from "./route_runtime.ts";
+import { closeQuietly, tcpReadable, tcpWritable } from "./tcp_streams.ts";
+
+/** TCP listener -> guest vsock port. */
+export class TcpRoute extends RouteRuntime {
+  #listener: Deno.TcpListener | null = null;
+  #loop: Promise<void> | null = null;
+
+  get listening(): string {
+    const a = this.#listener?.addr;
+    if (this.spec.from.type !== "tcp") return "";
+    return hostPort(this.spec.from.host, a?.port ?? this.spec.from.port);
+  }
+
+  start(): Promise<void> {
+    const from = this.spec.from;
+    if (from.type !== "tcp") throw new TypeError("TcpRoute needs a tcp source");
+    this.#listener = Deno.listen({
+      hostname: from.host,
+      port: from.port,
+      transport: "tcp",
+    });
+    this.accepting = true;
+    this.#loop = this.#acceptLoop(this.#listener);
+    return Promise.resolve();
+  }
+
+  async stopAccepting(): Promise<void> {
+    this.accepting = false;
+    if (this.#listener !== null) {
+      closeQuietly(this.#listener);
+      this.#listener = null;
+    }
+    await this.#loop;
+  }
+
+  async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+    try {
+      for await (const conn of listener) this.#handle(conn);
+    } catch {
+      // The listener was closed.
+    }
+  }
+
+  async #handle(tcp: Deno.TcpConn): Promise<void> {
+    const a = tcp.remoteAddr;
+    const remote = hostPort(a.hostname, a.port);
+    const pc = this.admit("host-to-guest", remote);
+    if (pc === null) {
+      closeQuietly(tcp);
+      return;
+    }
+    tcp.setNoDelay(true);
+    const to = this.spec.to;
+    if (to.type !== "vsock") return;
+    let vsock;
+    try {
+      vsock = await this.ctx.engine.connect(to.port, {
+        type: to.socket,
+        timeoutMs: this.spec.limits.connectTimeoutMs,
+      });
+    } catch (err) {
+      closeQuietly(tcp);
+      this.abandon(
+        pc,
+        remote,
+        `guest port ${to.port}: ${
+          err instanceof VsockError ? err.message : err
+        }`,
+      );
+      return;
+    }
+    const b = bridge(vsock, {
+      readable: tcpReadable(tcp),
+      writable: tcpWritable(tcp),
+      close: () => closeQuietly(tcp),
+    }, { idleTimeoutMs: this.spec.limits.idleTimeoutMs });
+    pc.bind(vsock, b.close, b.reset);
+    this.track(pc, b.done);
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * Web Streams over a TCP connection that keep TCP's half-close.
+ *
+ * Deno's own `conn.readable` closes the whole resource when it reaches EOF
+ * and `conn.writable`'s close closes it too, so neither can carry "the
+ * client is done sending but still reading" (verified on Deno 2.9). These
+ * read with `conn.read()`, write with `conn.write()`, and turn closing the
+ * writable into `closeWrite()` (a FIN); the connection itself is closed by
+ * whoever owns it once both directions are finished.
+ *
+ * @module
+ */
+
+/** Bytes read per `read()`: one vsock packet's worth. */
+const READ_SIZE = 64 * 1024;
+
+/** A readable of the bytes the peer sends; ends at its FIN. */
+export function tcpReadable(conn: Deno.Conn): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      // A fresh buffer per read: the chunk is handed on and may be held
+      // until the vsock side has credit for it.
+      const buf = new Uint8Array(READ_SIZE);
+      const n = await conn.read(buf);
+      if (n === null) controller.close();
+      else controller.enqueue(buf.subarray(0, n));
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** A writable into the connection; closing it sends FIN (half-close). */
+export function tcpWritable(conn: Deno.Conn): WritableStream<Uint8Array> {
+  return new WritableStream<Uint8Array>({
+    async write(chunk) {
+      let at = 0;
+      while (at < chunk.length) at += await conn.write(chunk.subarray(at));
+    },
+    async close() {
+      try {
+        await conn.closeWrite();
+      } catch {
+        // Already closed by the other direction: nothing left to finish.
+      }
+    },
+    abort() {
+      // The vsock side failed (a reset): close the socket now. That also
+      // ends a read pending in the other direction, so the bridge ends.
+      closeQuietly(conn);
+    },
+  }, { highWaterMark: 1 });
+}
+
+/** Closes a connection, ignoring "already closed". */
+export function closeQuietly(conn: { close(): void }): void {
+  try {
+    conn.close();
+  } catch {
+    // Closed already.
+  }
+}
+
+/**
+ * `Deno.connect` with a deadline. A connection that completes after the
+ * deadline is closed as soon as it arrives.
+ */
+export async function connectTcp(
+  host: string,
+  port: number,
+  timeoutMs: number,
+): Promise<Deno.TcpConn> {
+  const attempt = Deno.connect({ hostname: host, port, transport: "tcp" });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`connect timed out after ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+  });
+  try {
+    return await Promise.race([attempt, timeout]);
+  } catch (err) {
+    attempt.then((c) => closeQuietly(c), () => {});
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
