@@ -134,10 +134,14 @@ export class GuestAgent {
       await new Promise((r) => setTimeout(r, 20));
     }
     this.engine.close();
+    // Aborted bridges end promptly; bound the wait in case a local socket
+    // does not notice.
+    let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
       Promise.all(this.#bridges),
-      new Promise((r) => setTimeout(r, 1000)),
+      new Promise((r) => (timer = setTimeout(r, 1000))),
     ]);
+    clearTimeout(timer);
     await this.runner.stop();
     await this.#running;
   }
