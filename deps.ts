@@ -15,10 +15,13 @@ export type { Context, MiddlewareHandler } from "hono";
 export { upgradeWebSocket } from "hono/deno";
 export { streamSSE } from "hono/streaming";
 export { HTTPException } from "hono/http-exception";
+export { bodyLimit } from "hono/body-limit";
 
 // zod: config file and API schemas.
 export { z } from "zod";
 
-// std stand-ins (@std/cli parseArgs, @std/async delay).
+// std stand-ins (@std/cli parseArgs, @std/async delay, @std/crypto
+// timingSafeEqual).
 export { parseArgs } from "node:util";
 export { setTimeout as delay } from "node:timers/promises";
+export { timingSafeEqual } from "node:crypto";

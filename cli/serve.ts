@@ -51,7 +51,14 @@ export async function serve(args: string[]): Promise<number> {
   const config = await loadConfig(values.config);
   const log = makeLogger(logSettings("serve", values, config.log));
   const sidecar = await Sidecar.start(config, log);
-  const admin = await startAdmin(sidecar, config, log);
+  let admin;
+  try {
+    admin = await startAdmin(sidecar, config, log);
+  } catch (err) {
+    // Nothing half-started is left behind: the device and routes go too.
+    await sidecar.stop(0);
+    throw err;
+  }
   const signal = await untilSignal((sig) =>
     log("info", `${sig}: already stopping`)
   );
