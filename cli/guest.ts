@@ -7,6 +7,7 @@
  */
 
 import { mapFile, type MappedFile } from "../device/shm/shm_file.ts";
+import { H, NOTIFY_MODE } from "../device/transport/layout.ts";
 import {
   type Expose,
   type Forward,
@@ -14,6 +15,7 @@ import {
   type LocalTarget,
 } from "../guest/agent.ts";
 import { startDemoServices } from "../guest/demo_services.ts";
+import { Doorbell, pickIvshmemDevice } from "../guest/pci.ts";
 import {
   intOption,
   LOG_OPTIONS,
@@ -24,14 +26,19 @@ import {
 } from "./args.ts";
 import { makeLogger } from "./logger.ts";
 
-export const GUEST_HELP = `Usage: ivsock guest --region PATH [options]
+export const GUEST_HELP =
+  `Usage: ivsock guest (--pci ADDRESS|auto | --region PATH) [options]
 
 Runs the guest side of ivsock: maps the shared region, negotiates with the
 device, and connects vsock ports to guest-local services.
 
 Where the region is:
+  --pci ADDRESS|auto     in a VM: the ivshmem PCI device (vendor 1af4, device
+                         1110) at ADDRESS (e.g. 0000:00:04.0), or the only
+                         one with "auto"; maps its BAR2 and, with
+                         ivshmem-doorbell, rings the device through BAR0
   --region PATH          a file: a /dev/shm path shared with the host (the
-                         simulated guest), or a PCI BAR's resource2 in a VM
+                         simulated guest), or a BAR's resource2 by hand
 
 Mappings (repeatable):
   --expose PORT=TARGET   answer vsock port PORT with a local service; TARGET
@@ -47,8 +54,9 @@ Transport:
   --no-mergeable         do not negotiate mergeable receive buffers
 
 Other:
-  --demo DIR             start the demo's HTTP and echo services on UNIX
-                         sockets in DIR and expose them on vsock ports 80 and 7
+  --demo DIR             start the demo's services on UNIX sockets in DIR and
+                         expose them: HTTP on vsock port 80, echo on 7, a
+                         SHA-256 sink on 9 and a checksummed source on 19
   --log-format FORMAT    text (default) or json
   --log-level LEVEL      debug, info (default), warn or error
   --help                 show this message
@@ -58,6 +66,7 @@ Other:
 export async function guest(args: string[]): Promise<number> {
   const values = parse("guest", args, {
     region: { type: "string" },
+    pci: { type: "string" },
     expose: { type: "string", multiple: true },
     forward: { type: "string", multiple: true },
     "queue-size": { type: "string" },
@@ -71,9 +80,9 @@ export async function guest(args: string[]): Promise<number> {
     console.log(GUEST_HELP);
     return 0;
   }
-  if (typeof values.region !== "string") {
+  if ((values.region === undefined) === (values.pci === undefined)) {
     throw new UsageError(
-      "ivsock guest: --region PATH is required (see: ivsock guest --help)",
+      "ivsock guest: give exactly one of --pci ADDRESS (or --pci auto) and --region PATH (see: ivsock guest --help)",
     );
   }
   const exposes = ((values.expose ?? []) as string[]).map(parseExpose);
@@ -104,22 +113,22 @@ export async function guest(args: string[]): Promise<number> {
     base: { role: "guest" },
   });
 
-  let mapping: MappedFile;
-  try {
-    mapping = mapFile(values.region);
-  } catch (err) {
-    throw new UsageError(
-      `ivsock guest: --region ${values.region}: ${
-        err instanceof Error ? err.message : err
-      }`,
-    );
-  }
-  let demo: Awaited<ReturnType<typeof startDemoServices>> | null = null;
+  const { mapping, doorbell, source } = openRegion(values, log);
+  const region = mapping.region;
+  // Ring only when the device asked for doorbells (ivshmem-plain ignores
+  // doorbell writes, but there is no point making them).
+  const ringDevice = doorbell === null ? undefined : (vector: number) => {
+    if (region.load32(H.NOTIFY_MODE) === NOTIFY_MODE.DOORBELL) {
+      doorbell.ring(region.load32(H.DEVICE_PEER), vector);
+    }
+  };
+  let demo: ReturnType<typeof startDemoServices> | null = null;
   let agent: GuestAgent | null = null;
   try {
     if (typeof values.demo === "string") {
       const info = () => ({
-        agent: "ivsock guest (simulated)",
+        agent: "ivsock guest",
+        source,
         connections: agent?.engine.connectionCount ?? 0,
       });
       demo = startDemoServices(values.demo, info);
@@ -131,19 +140,29 @@ export async function guest(args: string[]): Promise<number> {
         port: 7,
         target: { kind: "unix", path: demo.echoSocket },
       });
+      exposes.push({
+        port: 9,
+        target: { kind: "unix", path: demo.sinkSocket },
+      });
+      exposes.push({
+        port: 19,
+        target: { kind: "unix", path: demo.sourceSocket },
+      });
     }
     agent = await GuestAgent.start({
-      region: mapping.region,
+      region,
       exposes,
       forwards,
       transport: {
         queueSize,
         rxBufferSize,
         mergeable: values["no-mergeable"] !== true,
+        ...(doorbell === null ? {} : { driverPeer: doorbell.position }),
       },
+      ...(ringDevice === undefined ? {} : { ringDevice }),
       log,
     });
-    log("info", `guest agent started on ${values.region}`, {
+    log("info", `guest agent started on ${source}`, {
       exposes: exposes.map((e) => e.port),
       forwards: forwards.map((f) => f.port),
     });
@@ -154,9 +173,48 @@ export async function guest(args: string[]): Promise<number> {
   } finally {
     await agent?.stop(2000);
     await demo?.close();
+    doorbell?.close();
     mapping.close();
   }
   return 0;
+}
+
+/** Maps the region from --pci or --region. @throws {UsageError} */
+function openRegion(
+  values: Record<string, unknown>,
+  log: ReturnType<typeof makeLogger>,
+): { mapping: MappedFile; doorbell: Doorbell | null; source: string } {
+  const message = (
+    err: unknown,
+  ) => (err instanceof Error ? err.message : String(err));
+  if (typeof values.pci === "string") {
+    let device;
+    let mapping;
+    try {
+      device = pickIvshmemDevice(values.pci);
+      mapping = mapFile(device.memory);
+    } catch (err) {
+      throw new UsageError(`ivsock guest: --pci: ${message(err)}`);
+    }
+    let doorbell: Doorbell | null = null;
+    try {
+      doorbell = new Doorbell(device.registers);
+    } catch (err) {
+      log(
+        "warn",
+        `cannot map the doorbell registers (${
+          message(err)
+        }); the device will poll`,
+      );
+    }
+    return { mapping, doorbell, source: `PCI ${device.address}` };
+  }
+  const path = values.region as string;
+  try {
+    return { mapping: mapFile(path), doorbell: null, source: path };
+  } catch (err) {
+    throw new UsageError(`ivsock guest: --region ${path}: ${message(err)}`);
+  }
 }
 
 function parseExpose(text: string): Expose {
