@@ -42,13 +42,16 @@ export interface WatchedWord {
 }
 
 /**
- * Default back-off: spin 2 ms after the last change (a request/response
- * round trip fits inside it), then poll every 0.05 ms for 50 ms, then every
- * 10 ms. The idle cost is one wake-up per 10 ms.
+ * Default back-off: no pure spinning (on a 2-core machine two spinning
+ * watchers, one per process, starve the very threads they should wake: we
+ * measured waits of 5 ms and more that way); after activity the worker polls
+ * every 0.02 ms for 50 ms, sleeping on a futex in between (with its timer
+ * slack cut to 1 us so that such sleeps are accurate), then every 10 ms.
+ * The idle cost is one wake-up per 10 ms.
  */
 export const DEFAULT_BACKOFF: BackoffOptions = {
-  spinMs: 2,
-  shortSleepMs: 0.05,
+  spinMs: 0,
+  shortSleepMs: 0.02,
   shortPhaseMs: 50,
   idleSleepMs: 10,
 };
