@@ -15,7 +15,9 @@ export function assert(expr: unknown, msg?: string): asserts expr {
 
 /** Deep, strict equality. */
 export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.deepEqual(actual, expected, msg);
+  // deepStrictEqual by name: Deno's node:assert/strict still compares
+  // loosely in deepEqual (1 equals "1"), unlike Node's.
+  nodeAssert.deepStrictEqual(actual, expected, msg);
 }
 
 /** `Object.is` equality. */
@@ -24,12 +26,12 @@ export function assertStrictEquals<T>(
   expected: T,
   msg?: string,
 ): void {
-  nodeAssert.equal(actual, expected, msg);
+  nodeAssert.strictEqual(actual, expected, msg);
 }
 
 /** Deep inequality. */
 export function assertNotEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.notDeepEqual(actual, expected, msg);
+  nodeAssert.notDeepStrictEqual(actual, expected, msg);
 }
 
 /** `actual` matches `expected`. */
