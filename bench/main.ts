@@ -6,7 +6,8 @@
  */
 
 import { report, runScenarios } from "./_harness.ts";
+import { idleScenarios } from "./idle_scenarios.ts";
 import { ringScenarios } from "./ring_scenarios.ts";
 
-const results = await runScenarios([...ringScenarios()]);
+const results = await runScenarios([...ringScenarios(), ...idleScenarios()]);
 await report(results, new URL("./results.json", import.meta.url).pathname);

@@ -43,6 +43,7 @@ export class Sidecar {
   #log: LogFn;
   #running: Promise<void>;
   #stopped: Promise<void> | null = null;
+  #started = true;
 
   private constructor(
     config: ConfigSpec,
@@ -102,11 +103,22 @@ export class Sidecar {
     const d = config.device;
     let mapping: MappedFile;
     try {
-      mapping = mapFile(d.region, { mode: "create", size: d.size });
+      mapping = mapFile(d.region, {
+        mode: "create",
+        size: d.size,
+        exclusive: true,
+      });
     } catch (err) {
-      throw new SidecarError(`device.region: ${message(err)}`, { cause: err });
+      const hint = (err as { code?: string }).code === "ESIZE"
+        ? ` (device.size is ${d.size}: make it match, or let ivsock create the file)`
+        : "";
+      throw new SidecarError(`device.region: ${message(err)}${hint}`, {
+        cause: err,
+      });
     }
     let doorbell: IvshmemServer | null = null;
+    // Set once the sidecar exists; the server may report a disconnect first.
+    const hooks: { onDisconnect?: (reason: string) => void } = {};
     let transport: DeviceTransport;
     const engine = new VsockEngine({ bufAlloc: d.bufAlloc, log });
     const plane = new DataPlane();
@@ -120,7 +132,7 @@ export class Sidecar {
           log,
         });
       } catch (err) {
-        throw new SidecarError(`device.region ${d.region}: ${message(err)}`, {
+        throw new SidecarError(`device.region: ${d.region}: ${message(err)}`, {
           cause: err,
         });
       }
@@ -131,13 +143,26 @@ export class Sidecar {
             shmFd: mapping.fd,
             vectors: d.doorbell.vectors,
             onEvent: (e) => {
-              if (e.type === "log") log("info", `ivshmem server: ${e.message}`);
-              else {log(
-                  "info",
-                  `ivshmem peer ${e.id} ${
-                    e.type === "connect" ? "connected" : "disconnected"
-                  }`,
-                );}
+              if (e.type === "log") {
+                log("info", `ivshmem server: ${e.message}`);
+                return;
+              }
+              log(
+                "info",
+                `ivshmem peer ${e.id} ${
+                  e.type === "connect" ? "connected" : "disconnected"
+                }`,
+              );
+              // The guest's QEMU went away: drop its queues at once rather
+              // than after the heartbeat timeout.
+              if (
+                e.type === "disconnect" &&
+                e.id === mapping.region.load32(H.DRIVER_PEER)
+              ) {
+                hooks.onDisconnect?.(
+                  `the guest's QEMU (ivshmem peer ${e.id}) disconnected`,
+                );
+              }
             },
           });
         } catch (err) {
@@ -158,6 +183,7 @@ export class Sidecar {
       engine,
       plane,
     });
+    hooks.onDisconnect = (reason) => sidecar.#runner.lost(reason);
     engine.setObserver((e) => {
       if (e.type === "transport") {
         sidecar.events.emit({
@@ -170,6 +196,7 @@ export class Sidecar {
     try {
       for (const spec of config.routes) await sidecar.routes.add(spec);
     } catch (err) {
+      sidecar.#started = false; // a start-up that failed never "stopped"
       await sidecar.stop(0);
       throw new SidecarError(message(err), { cause: err });
     }
@@ -201,7 +228,7 @@ export class Sidecar {
       await this.#running;
       await this.doorbell?.close();
       this.#mapping.close({ remove: this.#mapping.created });
-      this.#log("info", "stopped");
+      if (this.#started) this.#log("info", "stopped");
     })();
     return this.#stopped;
   }

@@ -18,7 +18,9 @@
  * [5] VERSION    main increments it after rewriting the watch list
  * [6] WORDS      number of watched words (at most MAX_WORDS)
  * [7] FDS        number of watched eventfds (at most MAX_FDS)
- * [8..]          MAX_WORDS pairs (byte offset, width), then MAX_FDS fds
+ * [8] CONTROL    an eventfd of the main thread's (or -1) that ends a poll(2)
+ *                at once: written on stop, activity and a new watch list
+ * [9..]          MAX_WORDS pairs (byte offset, width), then MAX_FDS fds
  * ```
  *
  * @module
@@ -32,7 +34,8 @@ export const CTL_SLEEP = 4;
 export const CTL_VERSION = 5;
 export const CTL_WORDS = 6;
 export const CTL_FDS = 7;
-export const CTL_TABLE = 8;
+export const CTL_CONTROL = 8;
+export const CTL_TABLE = 9;
 export const MAX_WORDS = 16;
 export const MAX_FDS = 8;
 export const CTL_LENGTH = CTL_TABLE + 2 * MAX_WORDS + MAX_FDS;

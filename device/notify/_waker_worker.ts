@@ -20,6 +20,7 @@
 
 import {
   CTL_ACTIVITY,
+  CTL_CONTROL,
   CTL_FDS,
   CTL_PENDING,
   CTL_SLEEP,
@@ -82,16 +83,17 @@ function run(init: WakerInit): void {
       widths.push(Atomics.load(ctl, CTL_TABLE + 2 * i + 1));
     }
     snapshot = offsets.map((_, i) => read(i));
-    fdCount = Atomics.load(ctl, CTL_FDS);
+    const control = Atomics.load(ctl, CTL_CONTROL);
+    const watched = Atomics.load(ctl, CTL_FDS);
+    fdCount = watched + (watched > 0 && control >= 0 ? 1 : 0);
     // struct pollfd { int fd; short events; short revents; }: 8 bytes each.
     pollFds = new Uint8Array(8 * fdCount);
     pollView = new DataView(pollFds.buffer);
     for (let i = 0; i < fdCount; i++) {
-      pollView.setInt32(
-        8 * i,
-        Atomics.load(ctl, CTL_TABLE + 2 * MAX_WORDS + i),
-        true,
-      );
+      const fd = i < watched
+        ? Atomics.load(ctl, CTL_TABLE + 2 * MAX_WORDS + i)
+        : control;
+      pollView.setInt32(8 * i, fd, true);
       pollView.setInt16(8 * i + 4, 1, /* POLLIN */ true);
     }
   };
@@ -108,18 +110,26 @@ function run(init: WakerInit): void {
     return any;
   };
 
-  /** Waits up to `ms` on the eventfds; drains them and returns true if any fired. */
+  /**
+   * Waits up to `ms` on the eventfds; drains those that fired and returns
+   * true if a doorbell did (the main thread's control eventfd only ends the
+   * wait, so that the loop looks at its control words again).
+   */
   const pollEventFds = (ms: number) => {
     const n = libc.symbols.poll(pollFds, BigInt(fdCount), Math.ceil(ms));
     if (n <= 0) return false;
+    const control = Atomics.load(ctl, CTL_CONTROL);
+    let doorbell = false;
     for (let i = 0; i < fdCount; i++) {
       if (pollView.getInt16(8 * i + 6, true) !== 0) {
+        const fd = pollView.getInt32(8 * i, true);
         // Reading an eventfd returns and clears its counter.
-        libc.symbols.read(pollView.getInt32(8 * i, true), drain, 8n);
+        libc.symbols.read(fd, drain, 8n);
         pollView.setInt16(8 * i + 6, 0, true);
+        if (fd !== control) doorbell = true;
       }
     }
-    return true;
+    return doorbell;
   };
 
   const signalMain = () => {

@@ -7,4 +7,5 @@
  */
 
 export * from "./eventfd.ts";
+export * from "./ivshmem_client.ts";
 export * from "./ivshmem_server.ts";

@@ -13,9 +13,11 @@
  */
 
 import type { Region } from "../shm/region.ts";
+import { EventFd } from "./eventfd.ts";
 import {
   type BackoffOptions,
   CTL_ACTIVITY,
+  CTL_CONTROL,
   CTL_FDS,
   CTL_LENGTH,
   CTL_PENDING,
@@ -64,6 +66,7 @@ export class Waker {
   #resolve: ((r: WakeReason) => void) | null = null;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #poked = false;
+  #control: EventFd | null = null;
   #closed: Promise<void> | null = null;
   #stopped: PromiseWithResolvers<void> = Promise.withResolvers<void>();
 
@@ -78,6 +81,7 @@ export class Waker {
     this.region = region;
     const control = new SharedArrayBuffer(4 * CTL_LENGTH);
     this.#ctl = new Int32Array(control);
+    Atomics.store(this.#ctl, CTL_CONTROL, -1);
     this.#worker = new Worker(new URL("./_waker_worker.ts", import.meta.url), {
       type: "module",
     });
@@ -129,6 +133,13 @@ export class Waker {
     eventFds.forEach((fd, i) =>
       Atomics.store(ctl, CTL_TABLE + 2 * MAX_WORDS + i, fd)
     );
+    if (eventFds.length > 0 && this.#control === null) {
+      // The worker will block in poll(2) on these: give it an eventfd of
+      // ours in the same poll so that stop, activity and a new watch list
+      // reach it at once.
+      this.#control = EventFd.create();
+      Atomics.store(ctl, CTL_CONTROL, this.#control.fd);
+    }
     Atomics.store(ctl, CTL_WORDS, words.length);
     Atomics.store(ctl, CTL_FDS, eventFds.length);
     Atomics.add(ctl, CTL_VERSION, 1);
@@ -141,7 +152,7 @@ export class Waker {
    */
   activity(): void {
     Atomics.add(this.#ctl, CTL_ACTIVITY, 1);
-    Atomics.notify(this.#ctl, CTL_SLEEP);
+    this.#nudge();
   }
 
   /** Wakes a pending (or the next) {@linkcode wait} from this thread. */
@@ -179,14 +190,21 @@ export class Waker {
   close(): Promise<void> {
     if (this.#closed === null) {
       Atomics.store(this.#ctl, CTL_STOP, 1);
-      Atomics.notify(this.#ctl, CTL_SLEEP);
+      this.#nudge();
       this.#wake("timeout");
-      this.#closed = this.#stopped.promise.then(() => {
+      this.#closed = this.#stopped.promise.then(async () => {
         this.#worker.terminate();
         this.region.release();
+        await this.#control?.close();
       });
     }
     return this.#closed;
+  }
+
+  /** Ends the worker's current sleep, whichever way it sleeps. */
+  #nudge(): void {
+    Atomics.notify(this.#ctl, CTL_SLEEP);
+    this.#control?.signal();
   }
 
   #wake(reason: WakeReason): void {

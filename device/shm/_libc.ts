@@ -21,6 +21,7 @@ const SYMBOLS = {
   },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   strerror: { parameters: ["i32"], result: "pointer" },
+  flock: { parameters: ["i32", "i32"], result: "i32" },
   // Eventfds and AF_UNIX sockets for the ivshmem server (device/notify).
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
@@ -76,6 +77,8 @@ export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
 export const SEEK_END = 2;
 export const EEXIST = 17;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
 export const EAGAIN = 11;
 export const ECONNREFUSED = 111;
 export const ECONNRESET = 104;

@@ -8,9 +8,12 @@
 import {
   cString,
   describeErrno,
+  EAGAIN,
   EEXIST,
   errno,
   libc,
+  LOCK_EX,
+  LOCK_NB,
   MAP_SHARED,
   O_CLOEXEC,
   O_CREAT,
@@ -46,6 +49,13 @@ export interface MapFileOptions {
   mode?: "open" | "create";
   /** Region size in bytes; required with `mode: "create"`. */
   size?: number;
+  /**
+   * Take an exclusive lock on the file (flock), so that a second device
+   * process cannot attach to a region one already serves. The lock goes
+   * with the process, however it ends.
+   * @default {false}
+   */
+  exclusive?: boolean;
 }
 
 /** A file mapped into this process. */
@@ -138,6 +148,15 @@ export function mapFile(
     if (fd < 0) throw openError(path, errno());
   }
   try {
+    if (options.exclusive && c.flock(fd, LOCK_EX | LOCK_NB) !== 0) {
+      const e = errno();
+      throw new ShmError(
+        e === EAGAIN
+          ? `Cannot use region file ${path}: it is in use by another process (is another ivsock device already serving it?)`
+          : `Cannot lock region file ${path}: ${describeErrno(e)}`,
+        { code: e === EAGAIN ? "ELOCKED" : errnoCode(e) },
+      );
+    }
     let size: number;
     if (created) {
       size = options.size!;
@@ -155,6 +174,7 @@ export function mapFile(
       if (options.size !== undefined && size !== options.size) {
         throw new ShmError(
           `Cannot map region file ${path}: it holds ${size} bytes, expected ${options.size}`,
+          { code: "ESIZE" },
         );
       }
       checkRegionSize(size);
@@ -181,6 +201,59 @@ export function mapFile(
   } catch (err) {
     c.close(fd);
     if (created) c.unlink(cpath);
+    throw err;
+  }
+}
+
+/**
+ * Maps an already-open descriptor read-write and shared: the shared memory
+ * an ivshmem server passes over SCM_RIGHTS, say. Its size (from `lseek`) is
+ * the region size.
+ *
+ * Takes ownership of `fd`: the mapping closes it on
+ * {@linkcode MappedFile.close}, and a failed call closes it before throwing.
+ * `name` only labels the mapping (its `path`) and error messages; there is
+ * no file to remove, so do not close the result with `remove: true`.
+ *
+ * @example Map the memory an ivshmem client received
+ * ```ts ignore
+ * const client = await IvshmemClient.connect("/tmp/ivsock.sock");
+ * const shm = mapFd(client.takeShmFd(), "ivshmem memory");
+ * ```
+ *
+ * @throws {TypeError} if `fd` is not a non-negative integer (nothing is
+ * closed then).
+ * @throws {RangeError} if the size is not a power of two in range.
+ * @throws {ShmError} if the size cannot be read or the mapping fails.
+ */
+export function mapFd(fd: number, name: string): MappedFile {
+  if (!Number.isInteger(fd) || fd < 0) {
+    throw new TypeError(
+      `Cannot map a descriptor: expected a non-negative integer, received ${fd}`,
+    );
+  }
+  const c = libc();
+  try {
+    const size = fileSize(fd, name);
+    checkRegionSize(size);
+    const ptr = c.mmap(
+      null,
+      BigInt(size),
+      PROT_READ | PROT_WRITE,
+      MAP_SHARED,
+      fd,
+      0n,
+    );
+    // MAP_FAILED is (void *)-1.
+    if (ptr === null || Deno.UnsafePointer.value(ptr) === 0xffffffffffffffffn) {
+      const e = errno();
+      throw new ShmError(`Cannot map ${name}: ${describeErrno(e)}`, {
+        code: errnoCode(e),
+      });
+    }
+    return new MappedFile(name, fd, ptr, size, false);
+  } catch (err) {
+    c.close(fd);
     throw err;
   }
 }

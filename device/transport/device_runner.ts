@@ -34,6 +34,11 @@ export interface DevicePort {
   receive(packet: InboundPacket): void;
   /** Writes pending packets into the rx queue; returns how many it wrote. */
   transmit(rx: DeviceRx): number;
+  /**
+   * Whether packets wait for rx buffers. Lets the loop tell "the driver
+   * posted buffers we need" from "buffers are posted" (they always are).
+   */
+  hasPendingOutput?(): boolean;
 }
 
 /** Device loop settings. */
@@ -78,7 +83,13 @@ export class DeviceRunner {
     this.#ringDriver = options.ringDriver;
     this.#log = options.log ?? silentLog;
     this.#ownsWaker = options.waker === undefined;
-    this.#waker = options.waker ?? new Waker(transport.region);
+    // With doorbells the driver rings for every change that matters, so the
+    // memory poll is only a safety net and can idle slowly.
+    this.#waker = options.waker ??
+      new Waker(
+        transport.region,
+        this.#doorbells.length > 0 ? DOORBELL_BACKOFF : {},
+      );
     this.#watch();
   }
 
@@ -86,6 +97,16 @@ export class DeviceRunner {
   run(): Promise<void> {
     this.#done ??= this.#loop();
     return this.#done;
+  }
+
+  /**
+   * The driver is known to be gone (its QEMU left the doorbell server):
+   * drop its queues now instead of waiting for the heartbeat to time out.
+   */
+  lost(reason: string): void {
+    if (this.transport.queues !== null) {
+      this.#apply(this.transport.fail(reason));
+    }
   }
 
   /** The layer above has something to send: take a turn soon. */
@@ -103,6 +124,7 @@ export class DeviceRunner {
 
   async #loop(): Promise<void> {
     let lastBeat = -Infinity;
+    let rechecked = false;
     while (!this.#stopping) {
       const now = performance.now();
       if (now - lastBeat >= this.#heartbeatMs) {
@@ -122,11 +144,19 @@ export class DeviceRunner {
         }
       }
       if (work > 0) {
+        rechecked = false;
         this.#waker.activity();
         await yieldToEventLoop();
         continue;
       }
-      if (this.#rearmDoorbells()) continue; // buffers arrived as we re-armed
+      // Something arrived as we re-armed: take one more turn. Only one, so a
+      // ring that reports work no turn can do cannot keep us from sleeping.
+      if (!rechecked && this.#rearmDoorbells()) {
+        rechecked = true;
+        await yieldToEventLoop();
+        continue;
+      }
+      rechecked = false;
       const untilBeat = Math.max(
         1,
         this.#heartbeatMs - (performance.now() - lastBeat),
@@ -171,10 +201,15 @@ export class DeviceRunner {
   #rearmDoorbells(): boolean {
     const q = this.transport.queues;
     if (q === null || this.#doorbells.length === 0) return false;
+    // Each enable re-checks its ring after a fence; what that finds is work
+    // only if it is new: tx packets always are, rx buffers only when output
+    // waits for room (posted buffers are the normal state), event buffers
+    // only when an event waits.
     const tx = q.tx.enableNotifications();
     const rx = q.rx.enableNotifications();
     const event = q.event.enableNotifications();
-    return tx || rx || event;
+    return tx || (rx && (this.#port.hasPendingOutput?.() ?? false)) ||
+      (event && q.events.pending > 0);
   }
 
   #apply(change: TransportChange | null): void {
@@ -191,6 +226,9 @@ export class DeviceRunner {
     this.#waker.watch(this.transport.watchedWords(), this.#doorbells);
   }
 }
+
+/** Waker back-off when doorbells wake us: the idle memory poll once a second. */
+export const DOORBELL_BACKOFF = { idleSleepMs: 1000 };
 
 /** Yields to the event loop cheaply (~10 us; `setTimeout(0)` costs ~2 ms). */
 export function yieldToEventLoop(): Promise<void> {

@@ -18,7 +18,7 @@ import type { DriverTx } from "../packets/driver_tx.ts";
 import { Waker } from "../notify/waker.ts";
 import type { DriverQueues, DriverTransport } from "./driver_transport.ts";
 import { DEVICE_VECTOR } from "./layout.ts";
-import { yieldToEventLoop } from "./device_runner.ts";
+import { DOORBELL_BACKOFF, yieldToEventLoop } from "./device_runner.ts";
 
 /** What the driver loop drives: the guest-side vsock engine, or a test. */
 export interface DriverPort {
@@ -79,7 +79,10 @@ export class DriverRunner {
     this.#retryMs = options.retryMs ?? 200;
     this.#startWaitMs = options.startWaitMs ?? 1000;
     this.#log = options.log ?? silentLog;
-    this.#waker = new Waker(transport.region);
+    this.#waker = new Waker(
+      transport.region,
+      this.#doorbells.length > 0 ? DOORBELL_BACKOFF : {},
+    );
   }
 
   /** Runs until stopped: starts the transport, then keeps it running. */
@@ -104,6 +107,7 @@ export class DriverRunner {
   async #loop(): Promise<void> {
     const signal = this.#abort.signal;
     let lastBeat = -Infinity;
+    let rechecked = false;
     let active = false;
     let started = false;
     while (!this.#stopping) {
@@ -162,11 +166,18 @@ export class DriverRunner {
         continue;
       }
       if (work > 0) {
+        rechecked = false;
         this.#waker.activity();
         await yieldToEventLoop();
         continue;
       }
-      if (this.#rearmCallbacks(q)) continue; // entries arrived as we re-armed
+      // Something arrived as we re-armed: take one more turn, only one.
+      if (!rechecked && this.#rearmCallbacks(q)) {
+        rechecked = true;
+        await yieldToEventLoop();
+        continue;
+      }
+      rechecked = false;
       await this.#waker.wait(
         Math.max(1, this.#heartbeatMs - (performance.now() - lastBeat)),
       );
@@ -185,6 +196,9 @@ export class DriverRunner {
       work++;
     }
     if (this.transport.queues !== q) return work;
+    // Free what the device has consumed now, not only on the next send:
+    // otherwise finished entries would look like news at every re-arm.
+    q.driverTx.reclaim();
     work += this.#port.transmit(q.driverTx, q.maxTxPayload);
     kick = q.tx.publish() || kick;
     if (kick && this.#ringDevice !== undefined) {

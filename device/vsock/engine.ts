@@ -175,6 +175,11 @@ export class VsockEngine implements ConnectionHost {
     for (const byPeer of this.#table.values()) yield* byPeer.values();
   }
 
+  /** Whether anything waits to be sent (replies or connections with output). */
+  hasOutput(): boolean {
+    return this.#replies.length > 0 || this.#ready.size > 0;
+  }
+
   /** Replies waiting for room (for metrics). */
   get pendingReplies(): number {
     return this.#replies.length;

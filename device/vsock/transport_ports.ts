@@ -51,6 +51,10 @@ export class DeviceEnginePort implements DevicePort {
   transmit(_rx: DeviceRx): number {
     return this.#sink === null ? 0 : this.engine.transmit(this.#sink);
   }
+
+  hasPendingOutput(): boolean {
+    return this.engine.hasOutput();
+  }
 }
 
 /** The engine as the driver loop's port. */
