@@ -40,6 +40,8 @@ export async function loadConfig(path: string): Promise<ConfigSpec> {
   } catch (err) {
     const why = err instanceof Deno.errors.NotFound
       ? "no such file"
+      : err instanceof Deno.errors.IsADirectory
+      ? "it is a directory"
       : err instanceof Deno.errors.PermissionDenied
       ? "permission denied"
       : err instanceof Error

@@ -30,15 +30,22 @@ export function intIn(min: number, max: number) {
 const hostname = z.string({
   error: (iss) =>
     `expected a host name or IP address, received ${received(iss.input)}`,
-})
-  .min(1, {
-    error: "expected a host name or IP address, received an empty string",
-  })
-  .max(253, { error: "expected a host name of at most 253 characters" })
-  .regex(/^[A-Za-z0-9.:\-_\[\]%]+$/, {
-    error: (iss) =>
-      `expected a host name or IP address, received ${received(iss.input)}`,
-  });
+}).superRefine((h, ctx) => {
+  // One check, one message, whatever is wrong with it.
+  const problem = h === ""
+    ? "expected a host name or IP address, received an empty string"
+    : h.length > 253
+    ? `expected a host name of at most 253 characters, received ${h.length}`
+    : /^[A-Za-z0-9.:\-_\[\]%]+$/.test(h)
+    ? null
+    : `expected a host name or IP address, received ${received(h)}`;
+  if (problem !== null) {
+    ctx.addIssue({ code: "custom", message: problem, input: h });
+  }
+});
+
+/** A whole number of bytes, optionally with a binary unit (K, M, G, KiB, ...). */
+const SIZE_TEXT = /^(\d+)\s*(?:(K|M|G)(?:i?B)?)?$/i;
 
 /** Route and connection names: short, URL-safe. */
 export const Name = z.string({
@@ -165,8 +172,8 @@ export type RouteInput = z.input<typeof Route>;
 
 /** Region sizes as a number of bytes or a string such as "4MiB" or "16M". */
 export const Size = z.union([
-  intIn(0, 2 ** 31),
-  z.string().regex(/^\d+(\s*(K|M|G)(i?B)?)?$/i, {
+  z.number(),
+  z.string().regex(SIZE_TEXT, {
     error: (iss) =>
       `expected a size such as 4194304 or "4MiB", received ${
         received(iss.input)
@@ -177,20 +184,35 @@ export const Size = z.union([
     `expected a size such as 4194304 or "4MiB", received ${
       received(iss.input)
     }`,
-})
-  .superRefine((n, ctx) => {
-    if (n < 256 * 1024 || n > 2 ** 31 || (n & (n - 1)) !== 0) {
-      ctx.addIssue({
-        code: "custom",
-        message: `expected a power of two from 256KiB to 2GiB, received ${n}`,
-        input: n,
-      });
-    }
-  });
+}).superRefine((n, ctx) => {
+  // Every way a number can miss (fraction, negative, too big, not a power
+  // of two) gets the same single message.
+  if (
+    !Number.isInteger(n) || n < 256 * 1024 || n > 2 ** 31 || (n & (n - 1)) !== 0
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      message: `expected a power of two from 256KiB to 2GiB, received ${n}`,
+      input: n,
+    });
+  }
+});
 
-/** "4MiB" -> 4194304 (K, M and G are binary, as QEMU reads them). */
+/**
+ * "4MiB" -> 4194304. K, M and G are binary, as QEMU reads them; a number
+ * alone is bytes.
+ *
+ * @throws {RangeError} for text that is not such a size.
+ */
 export function parseSize(s: string): number {
-  const m = /^(\d+)\s*(K|M|G)?/i.exec(s.trim())!;
+  const m = SIZE_TEXT.exec(s.trim());
+  if (m === null) {
+    throw new RangeError(
+      `expected a size such as 4194304 or "4MiB", received ${
+        JSON.stringify(s)
+      }`,
+    );
+  }
   const unit = (m[2] ?? "").toUpperCase();
   return Number(m[1]) *
     (unit === "K" ? 1024 : unit === "M" ? 1 << 20 : unit === "G" ? 1 << 30 : 1);
@@ -222,26 +244,94 @@ export const Device = z.object({
   driverTimeoutMs: intIn(100, 600_000).default(3000),
 }).strict();
 
+const TOKEN_SOURCES = 'expected {"env": "VARIABLE"} or {"file": "/path"}';
+
+/** Where the admin token comes from: one of the two keys, exactly. */
+const TokenSource = z.unknown().transform((v, ctx) => {
+  const keys = v !== null && typeof v === "object" && !Array.isArray(v)
+    ? Object.keys(v)
+    : null;
+  if (
+    keys === null || keys.length !== 1 ||
+    (keys[0] !== "env" && keys[0] !== "file")
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      message: `${TOKEN_SOURCES}, received ${received(v)}`,
+      input: v,
+    });
+    return z.NEVER;
+  }
+  const value = (v as Record<string, unknown>)[keys[0]!];
+  if (keys[0] === "env") {
+    if (typeof value !== "string" || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(value)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["env"],
+        message:
+          `expected an environment variable name (letters, digits and _), received ${
+            received(value)
+          }`,
+        input: value,
+      });
+      return z.NEVER;
+    }
+    return { env: value };
+  }
+  if (typeof value !== "string" || value === "") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["file"],
+      message: `expected a file path, received ${received(value)}`,
+      input: value,
+    });
+    return z.NEVER;
+  }
+  return { file: value };
+});
+
 /** The admin API listener. */
 export const Admin = z.object({
   host: hostname.default("127.0.0.1"),
   port: intIn(0, 65535).default(8090),
   /** Where the bearer token comes from; required off loopback. */
-  token: z.union([
-    z.object({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/) }).strict(),
-    z.object({ file: z.string().min(1) }).strict(),
-  ], { error: 'expected {"env": "VARIABLE"} or {"file": "/path"}' }).optional(),
+  token: TokenSource.optional(),
 }).strict();
+
+/**
+ * The `admin` setting: the listener, or false. Checked in two steps rather
+ * than as a union, so that a mistake inside the object is reported at its
+ * own path instead of as "invalid input" for the whole setting.
+ */
+const AdminSetting = z.unknown().optional().transform((v, ctx) => {
+  if (v === false) return false as const;
+  if (v === undefined) return { host: "127.0.0.1", port: 8090 };
+  if (v === null || typeof v !== "object" || Array.isArray(v)) {
+    ctx.addIssue({
+      code: "custom",
+      message: `expected an object or false, received ${received(v)}`,
+      input: v,
+    });
+    return z.NEVER;
+  }
+  const r = Admin.safeParse(v, { reportInput: true });
+  if (!r.success) {
+    for (const issue of r.error.issues) {
+      ctx.addIssue(
+        { ...issue, code: "custom", message: describeIssue(issue) } as never,
+      );
+    }
+    return z.NEVER;
+  }
+  return r.data;
+});
 
 /** The whole config file. */
 export const Config = z.object({
   device: Device,
   routes: z.array(Route).default([]),
   /** false turns the admin API off. */
-  admin: z.union([Admin, z.literal(false)]).default({
-    host: "127.0.0.1",
-    port: 8090,
-  }),
+  admin: AdminSetting,
   log: z.object({
     format: z.enum(["text", "json"]).default("text"),
     level: z.enum(["debug", "info", "warn", "error"]).default("info"),
