@@ -115,6 +115,11 @@ export async function demo(args: string[]): Promise<number> {
     shutdownGraceMs: 1000,
   }, "demo config");
 
+  const stopSignal = untilSignal((sig) =>
+    console.error(
+      `ivsock demo: ${sig}: already stopping (send SIGKILL to force)`,
+    )
+  );
   const sidecar = await Sidecar.start(config, log);
   let child: Deno.ChildProcess | null = null;
   let admin: Awaited<ReturnType<typeof startAdmin>> = null;
@@ -178,11 +183,7 @@ Try the echo service with Deno (from the repository):
 
 Press Ctrl-C to stop.`);
     const outcome = await Promise.race([
-      untilSignal((sig) =>
-        console.error(
-          `ivsock demo: ${sig}: already stopping (send SIGKILL to force)`,
-        )
-      ),
+      stopSignal,
       exited.then((s) => s),
     ]);
     if (typeof outcome !== "string") {

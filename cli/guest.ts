@@ -113,6 +113,9 @@ export async function guest(args: string[]): Promise<number> {
     base: { role: "guest" },
   });
 
+  const stopSignal = untilSignal((sig) =>
+    log("info", `${sig}: already stopping`)
+  );
   const { mapping, doorbell, source } = openRegion(values, log);
   const region = mapping.region;
   // Ring only when the device asked for doorbells (ivshmem-plain ignores
@@ -166,9 +169,7 @@ export async function guest(args: string[]): Promise<number> {
       exposes: exposes.map((e) => e.port),
       forwards: forwards.map((f) => f.port),
     });
-    const signal = await untilSignal((sig) =>
-      log("info", `${sig}: already stopping`)
-    );
+    const signal = await stopSignal;
     log("info", `${signal}: stopping`);
   } finally {
     await agent?.stop(2000);

@@ -50,6 +50,11 @@ export async function serve(args: string[]): Promise<number> {
   }
   const config = await loadConfig(values.config);
   const log = makeLogger(logSettings("serve", values, config.log));
+  // Listen for signals before starting anything: a SIGTERM that arrives
+  // during start-up is answered once start-up is done, with a clean stop.
+  const stopSignal = untilSignal((sig) =>
+    log("info", `${sig}: already stopping`)
+  );
   const sidecar = await Sidecar.start(config, log);
   let admin;
   try {
@@ -59,9 +64,7 @@ export async function serve(args: string[]): Promise<number> {
     await sidecar.stop(0);
     throw err;
   }
-  const signal = await untilSignal((sig) =>
-    log("info", `${sig}: already stopping`)
-  );
+  const signal = await stopSignal;
   log("info", `${signal}: stopping (grace ${config.shutdownGraceMs} ms)`);
   await admin?.stop();
   await sidecar.stop(config.shutdownGraceMs);
