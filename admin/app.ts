@@ -163,12 +163,18 @@ export function adminApp(
     if (current === undefined) return notFound(c, "route", name);
     const raw = await readJson(c);
     if (raw instanceof Response) return raw;
-    const body =
-      raw !== null && typeof raw === "object" && !Array.isArray(raw) &&
-        !("name" in raw)
-        ? { ...raw, name }
-        : raw;
-    const spec = validate(c, Route, body);
+    if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+      return c.json({
+        error: "invalid body",
+        problems: ["(body): expected a JSON object"],
+      }, 400);
+    }
+    // Fields left out keep their current values (so {"enabled": false}
+    // alone disables the route), and the read-only fields GET adds are
+    // ignored, so a route fetched with GET can be sent back as it is.
+    const { listening: _l, connections: _c, stats: _s, ...fields } =
+      raw as Record<string, unknown>;
+    const spec = validate(c, Route, { ...current.spec, ...fields });
     if (spec instanceof Response) return spec;
     if (spec.name !== name) {
       return c.json({
@@ -190,9 +196,9 @@ export function adminApp(
     if (sidecar.routes.get(name) === undefined) {
       return notFound(c, "route", name);
     }
-    await sidecar.routes.remove(name, {
-      drain: c.req.query("drain") === "true",
-    });
+    const drain = booleanQuery(c, "drain");
+    if (drain instanceof Response) return drain;
+    await sidecar.routes.remove(name, { drain });
     return c.body(null, 204);
   });
 
@@ -206,37 +212,16 @@ export function adminApp(
     if (specs instanceof Response) return specs;
     const seen = new Map<string, number>();
     for (const [i, s] of specs.entries()) {
-      if (seen.has(s.name)) {
+      const first = seen.get(s.name);
+      if (first !== undefined) {
         return c.json({
           error: "invalid body",
-          problems: [`[${i}].name: "${s.name}" appears twice`],
+          problems: [`[${i}].name: "${s.name}" is also the name of [${first}]`],
         }, 400);
       }
       seen.set(s.name, i);
     }
-    const result = {
-      created: [] as string[],
-      replaced: [] as string[],
-      unchanged: [] as string[],
-    };
-    for (const spec of specs) {
-      const current = sidecar.routes.get(spec.name);
-      if (current === undefined) {
-        await sidecar.routes.add(spec);
-        result.created.push(spec.name);
-      } else if (
-        JSON.stringify(current.spec) === JSON.stringify(spec) &&
-        current.enabled === spec.enabled
-      ) {
-        result.unchanged.push(spec.name);
-      } else if (sameExceptEnabled(current.spec, spec)) {
-        sidecar.routes.setEnabled(spec.name, spec.enabled);
-        result.replaced.push(spec.name);
-      } else {
-        await sidecar.routes.replace(spec.name, spec);
-        result.replaced.push(spec.name);
-      }
-    }
+    const result = await sidecar.routes.populate(specs);
     return c.json({ ...result, routes: sidecar.routes.list().map(routeView) });
   });
 
@@ -255,7 +240,9 @@ export function adminApp(
   app.delete("/v1/connections/:id", (c) => {
     const pc = sidecar.routes.connection(c.req.param("id"));
     if (pc === undefined) return notFound(c, "connection", c.req.param("id"));
-    if (c.req.query("reset") === "true") pc.reset();
+    const reset = booleanQuery(c, "reset");
+    if (reset instanceof Response) return reset;
+    if (reset) pc.reset();
     else pc.close();
     return c.body(null, 204);
   });
@@ -310,6 +297,19 @@ export function adminApp(
   app.get("/openapi.json", (c) => c.json(openApiDocument()));
 
   return app;
+}
+
+/** A boolean query parameter: true/1, false/0, or absent (false); else 400. */
+function booleanQuery(c: Context, name: string): boolean | Response {
+  const v = c.req.query(name);
+  if (v === undefined || v === "false" || v === "0") return false;
+  if (v === "true" || v === "1") return true;
+  return c.json({
+    error: "invalid query",
+    problems: [
+      `${name}: expected true or false, received ${JSON.stringify(v)}`,
+    ],
+  }, 400);
 }
 
 /** Reads a JSON body; a 400 Response when it is not JSON. */

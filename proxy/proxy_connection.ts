@@ -43,13 +43,29 @@ export class ProxyConnection {
   readonly createdAt = Date.now();
   vsock: VsockConnection | null = null;
   outcome: BridgeOutcome | null = null;
-  #close: () => void = () => {};
-  #reset: () => void = () => {};
+  #close: (() => void) | null = null;
+  #reset: (() => void) | null = null;
+  #cancel: (() => void) | null = null;
+  #cancelled = false;
 
   constructor(route: string, direction: Direction, remote: string) {
     this.route = route;
     this.direction = direction;
     this.remote = remote;
+  }
+
+  /** True once closed or reset before the connection was bridged. */
+  get cancelled(): boolean {
+    return this.#cancelled;
+  }
+
+  /**
+   * What close() and reset() do while the far side is still being reached:
+   * give up (close the client side); the route sees `cancelled` when the
+   * connect completes.
+   */
+  whileConnecting(cancel: () => void): void {
+    this.#cancel = cancel;
   }
 
   /** Sets how {@linkcode close} and {@linkcode reset} act, once bridged. */
@@ -59,14 +75,22 @@ export class ProxyConnection {
     this.#reset = reset;
   }
 
-  /** Graceful close of both sides. */
+  /** Graceful close of both sides (while connecting: give up). */
   close(): void {
-    this.#close();
+    if (this.#close === null) this.#giveUp();
+    else this.#close();
   }
 
-  /** RST to the guest; the other side is closed at once. */
+  /** RST to the guest; the other side is closed at once (while connecting: give up). */
   reset(): void {
-    this.#reset();
+    if (this.#reset === null) this.#giveUp();
+    else this.#reset();
+  }
+
+  #giveUp(): void {
+    if (this.#cancelled) return;
+    this.#cancelled = true;
+    this.#cancel?.();
   }
 
   info(): ConnectionInfo {

@@ -32,24 +32,38 @@ export interface RouteStats {
 
 /** A route that is listening (or stopped). */
 export abstract class RouteRuntime {
-  readonly spec: RouteSpec;
   readonly ctx: RouteContext;
   readonly connections = new Set<ProxyConnection>();
-  readonly stats: RouteStats = {
-    accepted: 0,
-    rejected: {},
-    closed: {},
-    bytesToGuest: 0,
-    bytesFromGuest: 0,
-  };
-  enabled: boolean;
+  /** Shared with the route this one replaced, so counters stay monotonic. */
+  readonly stats: RouteStats;
   /** False once the listener is closed for good (replaced or removed). */
   accepting = false;
+  #spec: RouteSpec;
 
-  constructor(spec: RouteSpec, ctx: RouteContext) {
-    this.spec = spec;
+  constructor(spec: RouteSpec, ctx: RouteContext, stats?: RouteStats) {
+    this.#spec = spec;
     this.ctx = ctx;
-    this.enabled = spec.enabled;
+    this.stats = stats ??
+      {
+        accepted: 0,
+        rejected: {},
+        closed: {},
+        bytesToGuest: 0,
+        bytesFromGuest: 0,
+      };
+  }
+
+  /** The route's spec; its `enabled` is kept current. */
+  get spec(): RouteSpec {
+    return this.#spec;
+  }
+
+  get enabled(): boolean {
+    return this.#spec.enabled;
+  }
+
+  set enabled(enabled: boolean) {
+    this.#spec = { ...this.#spec, enabled };
   }
 
   get name(): string {
@@ -100,6 +114,24 @@ export abstract class RouteRuntime {
     this.stats.rejected[key] = (this.stats.rejected[key] ?? 0) + 1;
     this.ctx.events.emit({ type: "deny", route: this.name, remote, reason });
     this.ctx.log("info", `route ${this.name}: refused ${remote}: ${reason}`);
+  }
+
+  /**
+   * A connection the administrator closed while it was connecting: it
+   * ends as closed-by-admin (it was not refused).
+   */
+  protected cancelled(pc: ProxyConnection): void {
+    this.connections.delete(pc);
+    this.stats.closed["closed-by-admin"] =
+      (this.stats.closed["closed-by-admin"] ?? 0) + 1;
+    this.ctx.events.emit({
+      type: "close",
+      connection: pc.id,
+      route: this.name,
+      outcome: "closed-by-admin",
+      bytesToGuest: 0,
+      bytesFromGuest: 0,
+    });
   }
 
   /** A connection that never got bridged (its target failed). */

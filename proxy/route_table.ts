@@ -11,10 +11,14 @@
  * @module
  */
 
-import { routeConflicts, type RouteSpec } from "../config/schema.ts";
+import type { RouteSpec } from "../config/schema.ts";
 import type { DataPlane } from "./data_plane.ts";
 import type { ProxyConnection } from "./proxy_connection.ts";
-import type { RouteContext, RouteRuntime } from "./route_runtime.ts";
+import type {
+  RouteContext,
+  RouteRuntime,
+  RouteStats,
+} from "./route_runtime.ts";
 import { TcpRoute } from "./tcp_route.ts";
 import { VsockRoute } from "./vsock_route.ts";
 import { WsRoute } from "./ws_route.ts";
@@ -111,7 +115,11 @@ export class RouteTable {
     await old.stopAccepting();
     let route: RouteRuntime;
     try {
-      route = await this.#start(spec);
+      // Same name: the counters carry on, so /metrics stays monotonic.
+      route = await this.#start(
+        spec,
+        spec.name === name ? old.stats : undefined,
+      );
     } catch (err) {
       await old.start().catch((e) =>
         this.ctx.log(
@@ -132,6 +140,49 @@ export class RouteTable {
       change: "replaced",
     });
     return route;
+  }
+
+  /**
+   * Creates or replaces each route by name. The whole list is checked
+   * against itself and the routes it leaves in place before anything
+   * changes, so a conflict changes nothing; identical routes are left
+   * untouched (their listeners and connections too).
+   *
+   * @throws {RouteError} "conflict" naming both routes.
+   */
+  async populate(
+    specs: RouteSpec[],
+  ): Promise<{ created: string[]; replaced: string[]; unchanged: string[] }> {
+    const names = new Set(specs.map((s) => s.name));
+    const kept = [...this.#routes.values()].filter((r) => !names.has(r.name))
+      .map((r) => r.spec);
+    for (const [i, spec] of specs.entries()) {
+      const problem = conflictWith(spec, [...kept, ...specs.slice(0, i)]);
+      if (problem !== null) {
+        throw new RouteError("conflict", `route "${spec.name}": ${problem}`);
+      }
+    }
+    const result = {
+      created: [] as string[],
+      replaced: [] as string[],
+      unchanged: [] as string[],
+    };
+    for (const spec of specs) {
+      const current = this.#routes.get(spec.name);
+      if (current === undefined) {
+        await this.add(spec);
+        result.created.push(spec.name);
+      } else if (sameSpec(current.spec, spec)) {
+        result.unchanged.push(spec.name);
+      } else if (sameSpec({ ...current.spec, enabled: spec.enabled }, spec)) {
+        this.setEnabled(spec.name, spec.enabled);
+        result.replaced.push(spec.name);
+      } else {
+        await this.replace(spec.name, spec);
+        result.replaced.push(spec.name);
+      }
+    }
+    return result;
   }
 
   /** Stops accepting on route `name`; `drain` also closes its connections gracefully. */
@@ -191,12 +242,12 @@ export class RouteTable {
     }
   }
 
-  async #start(spec: RouteSpec): Promise<RouteRuntime> {
+  async #start(spec: RouteSpec, stats?: RouteStats): Promise<RouteRuntime> {
     const route = spec.from.type === "tcp"
-      ? new TcpRoute(spec, this.ctx)
+      ? new TcpRoute(spec, this.ctx, stats)
       : spec.from.type === "vsock"
-      ? new VsockRoute(spec, this.ctx)
-      : new WsRoute(spec, this.ctx, this.#plane);
+      ? new VsockRoute(spec, this.ctx, stats)
+      : new WsRoute(spec, this.ctx, this.#plane, stats);
     try {
       await route.start();
     } catch (err) {
@@ -219,14 +270,9 @@ export class RouteTable {
   #checkListener(spec: RouteSpec, except: string | null): void {
     const others = [...this.#routes.values()].filter((r) => r.name !== except)
       .map((r) => r.spec);
-    const issues = routeConflicts([...others, spec]).filter((i) =>
-      i.path[0] === others.length
-    );
-    if (issues.length > 0) {
-      throw new RouteError(
-        "conflict",
-        `route "${spec.name}": ${issues[0]!.message}`,
-      );
+    const problem = conflictWith(spec, others);
+    if (problem !== null) {
+      throw new RouteError("conflict", `route "${spec.name}": ${problem}`);
     }
   }
 
@@ -240,4 +286,38 @@ function describeFrom(spec: RouteSpec): string {
   return f.type === "vsock"
     ? `vsock port ${f.port}`
     : `${f.host}:${f.port}${f.type === "ws" ? f.path : ""}`;
+}
+
+/**
+ * Why `spec` cannot listen beside `others`, naming the route in the way, or
+ * null: two listeners on one `host:port` (unless both are WebSocket routes
+ * on different paths), or two routes on one vsock port. Port 0 never
+ * conflicts: each such listener gets its own free port.
+ */
+function conflictWith(
+  spec: RouteSpec,
+  others: readonly RouteSpec[],
+): string | null {
+  const f = spec.from;
+  for (const o of others) {
+    const g = o.from;
+    if (f.type === "vsock" || g.type === "vsock") {
+      if (f.type === "vsock" && g.type === "vsock" && f.port === g.port) {
+        return `vsock port ${f.port} is already used by route "${o.name}"`;
+      }
+      continue;
+    }
+    if (f.port === 0 || f.host !== g.host || f.port !== g.port) continue;
+    if (f.type === "ws" && g.type === "ws" && f.path !== g.path) continue;
+    const where = `${f.host}:${f.port}${
+      f.type === "ws" && g.type === "ws" ? f.path : ""
+    }`;
+    return `${where} is already used by route "${o.name}"`;
+  }
+  return null;
+}
+
+/** Two specs are the same route (compared as the JSON they serialise to). */
+function sameSpec(a: RouteSpec, b: RouteSpec): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
 }

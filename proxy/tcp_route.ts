@@ -14,11 +14,15 @@ import { closeQuietly, tcpReadable, tcpWritable } from "./tcp_streams.ts";
 export class TcpRoute extends RouteRuntime {
   #listener: Deno.TcpListener | null = null;
   #loop: Promise<void> | null = null;
+  /** The port bound last, so a restart rebinds it (not a new one for port 0). */
+  #boundPort: number | null = null;
 
   get listening(): string {
-    const a = this.#listener?.addr;
     if (this.spec.from.type !== "tcp") return "";
-    return hostPort(this.spec.from.host, a?.port ?? this.spec.from.port);
+    return hostPort(
+      this.spec.from.host,
+      this.#boundPort ?? this.spec.from.port,
+    );
   }
 
   start(): Promise<void> {
@@ -26,9 +30,10 @@ export class TcpRoute extends RouteRuntime {
     if (from.type !== "tcp") throw new TypeError("TcpRoute needs a tcp source");
     this.#listener = Deno.listen({
       hostname: from.host,
-      port: from.port,
+      port: this.#boundPort ?? from.port,
       transport: "tcp",
     });
+    this.#boundPort = this.#listener.addr.port;
     this.accepting = true;
     this.#loop = this.#acceptLoop(this.#listener);
     return Promise.resolve();
@@ -62,6 +67,7 @@ export class TcpRoute extends RouteRuntime {
     tcp.setNoDelay(true);
     const to = this.spec.to;
     if (to.type !== "vsock") return;
+    pc.whileConnecting(() => closeQuietly(tcp));
     let vsock;
     try {
       vsock = await this.ctx.engine.connect(to.port, {
@@ -70,6 +76,10 @@ export class TcpRoute extends RouteRuntime {
       });
     } catch (err) {
       closeQuietly(tcp);
+      if (pc.cancelled) {
+        this.cancelled(pc);
+        return;
+      }
       this.abandon(
         pc,
         remote,
@@ -77,6 +87,11 @@ export class TcpRoute extends RouteRuntime {
           err instanceof VsockError ? err.message : err
         }`,
       );
+      return;
+    }
+    if (pc.cancelled) {
+      vsock.reset("closed by the administrator while connecting");
+      this.cancelled(pc);
       return;
     }
     const b = bridge(vsock, {

@@ -63,6 +63,9 @@ export class VsockRoute extends RouteRuntime {
       vsock.reset("refused by the route");
       return;
     }
+    pc.whileConnecting(() =>
+      vsock.reset("closed by the administrator while connecting")
+    );
     let tcp: Deno.TcpConn;
     try {
       tcp = await connectTcp(
@@ -72,11 +75,20 @@ export class VsockRoute extends RouteRuntime {
       );
     } catch (err) {
       vsock.reset("target unreachable");
+      if (pc.cancelled) {
+        this.cancelled(pc);
+        return;
+      }
       this.abandon(
         pc,
         target,
         `TCP ${target}: ${err instanceof Error ? err.message : err}`,
       );
+      return;
+    }
+    if (pc.cancelled) {
+      closeQuietly(tcp);
+      this.cancelled(pc);
       return;
     }
     tcp.setNoDelay(true);

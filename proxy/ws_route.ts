@@ -7,7 +7,11 @@
 
 import { type Context, upgradeWebSocket } from "../deps.ts";
 import type { DataPlane } from "./data_plane.ts";
-import { type RouteContext, RouteRuntime } from "./route_runtime.ts";
+import {
+  type RouteContext,
+  RouteRuntime,
+  type RouteStats,
+} from "./route_runtime.ts";
 import { WebSocketBridge } from "./ws_bridge.ts";
 import type { RouteSpec } from "../config/schema.ts";
 
@@ -29,8 +33,13 @@ export class WsRoute extends RouteRuntime {
   #plane: DataPlane;
   #address = "";
 
-  constructor(spec: RouteSpec, ctx: RouteContext, plane: DataPlane) {
-    super(spec, ctx);
+  constructor(
+    spec: RouteSpec,
+    ctx: RouteContext,
+    plane: DataPlane,
+    stats?: RouteStats,
+  ) {
+    super(spec, ctx, stats);
     this.#plane = plane;
   }
 
@@ -42,7 +51,11 @@ export class WsRoute extends RouteRuntime {
   start(): Promise<void> {
     const from = this.spec.from;
     if (from.type !== "ws") throw new TypeError("WsRoute needs a ws source");
-    this.#address = this.#plane.add(from.host, from.port, from.path, {
+    // A restart rebinds the port it had, not a new one for port 0.
+    const port = this.#address === ""
+      ? from.port
+      : Number(this.#address.slice(this.#address.lastIndexOf(":") + 1));
+    this.#address = this.#plane.add(from.host, port, from.path, {
       handle: (c) => this.#handle(c),
     });
     this.accepting = true;
@@ -82,16 +95,28 @@ export class WsRoute extends RouteRuntime {
         });
         wsBridge = b;
         if (to.type !== "vsock") return;
+        pc.whileConnecting(() =>
+          b.fail("closed by the proxy while connecting")
+        );
         this.ctx.engine.connect(to.port, {
           type: to.socket,
           timeoutMs: limits.connectTimeoutMs,
         }).then(
           (vsock) => {
+            if (pc.cancelled) {
+              vsock.reset("closed by the administrator while connecting");
+              this.cancelled(pc);
+              return;
+            }
             b.attach(vsock);
             pc.bind(vsock, () => b.close(), () => b.reset());
             this.track(pc, b.done);
           },
           (err) => {
+            if (pc.cancelled) {
+              this.cancelled(pc);
+              return;
+            }
             b.fail(`guest port ${to.port} unreachable`);
             this.abandon(
               pc,
