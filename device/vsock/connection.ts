@@ -38,7 +38,7 @@ import {
   TYPE,
 } from "../packets/header.ts";
 import type { InboundPacket } from "../packets/inbound_packet.ts";
-import { creditUpdateThreshold } from "./constants.ts";
+import { creditUpdateThreshold, maxQueuedPackets } from "./constants.ts";
 import { peerFree, u32Diff } from "./credit.ts";
 import { VsockError, type VsockErrorCode } from "./errors.ts";
 import { ReceiveBuffer } from "./receive_buffer.ts";
@@ -409,6 +409,16 @@ export class VsockConnection {
       );
       return;
     }
+    // Credit counts bytes only, but empty or tiny packets cost memory too,
+    // so their number is capped as well (an empty SEQPACKET message uses no
+    // credit at all). Nothing is queued once reading has stopped.
+    const most = maxQueuedPackets(this.#host.bufAlloc);
+    if (!this.#readDone && this.#recv.entries >= most) {
+      this.#protocolError(
+        `peer sent more than ${most} packets for the application to read (${this.#recv.bytes} bytes): the memory a ${this.#host.bufAlloc}-byte receive buffer allows`,
+      );
+      return;
+    }
     this.#rxCnt = (this.#rxCnt + len) >>> 0;
     this.stats.bytesIn += len;
     const seq = this.type === TYPE.SEQPACKET;
@@ -418,10 +428,9 @@ export class VsockConnection {
       this.#consumed(len);
       return;
     }
-    const copy = new Uint8Array(len);
-    packet.copyPayload(copy);
     this.#recv.push(
-      copy,
+      len,
+      packet,
       seq && (h.flags & SEQ_F.EOM) !== 0,
       seq && (h.flags & SEQ_F.EOR) !== 0,
     );
