@@ -6,7 +6,8 @@
  *
  * ```text
  * GET    /healthz                      process alive
- * GET    /readyz                       200 when a guest driver is running, else 503 with the reason
+ * GET    /readyz                       200 when a guest driver is running, else 503 with the reason;
+ *                                      a removed region file is reported either way
  * GET    /v1/device                    status, features, CID, queues, notification mode, generations
  * GET    /v1/routes                    every route with where it listens and its counters
  * POST   /v1/routes                    create (409 if the name or listener is taken)
@@ -126,8 +127,19 @@ export function adminApp(
 
   app.get("/readyz", (c) => {
     const t = sidecar.transport;
+    // A removed region file does not stop the guest already attached (it
+    // keeps the mapping), so it does not make a running sidecar unready; it
+    // is reported, since no new guest can attach until a restart.
+    const region = sidecar.regionFile;
+    const lost = region === "present"
+      ? null
+      : `the region file ${sidecar.regionPath} was ${region}: no new guest can attach until ivsock restarts`;
     if (t.state === "running" && sidecar.engine.active) {
-      return c.json({ status: "ready" });
+      return c.json(
+        lost === null
+          ? { status: "ready" }
+          : { status: "ready", region, warning: lost },
+      );
     }
     const reason = t.state === "waiting"
       ? "no guest driver has reached DRIVER_OK"
@@ -136,7 +148,15 @@ export function adminApp(
       : t.state === "failed"
       ? "the guest driver marked the device FAILED"
       : "the guest is not connected";
-    return c.json({ status: "not-ready", state: t.state, reason }, 503);
+    return c.json(
+      lost === null ? { status: "not-ready", state: t.state, reason } : {
+        status: "not-ready",
+        state: t.state,
+        reason: `${reason}; ${lost}`,
+        region,
+      },
+      503,
+    );
   });
 
   app.get("/v1/device", (c) => c.json(deviceInfo(sidecar)));

@@ -17,6 +17,11 @@ import {
 import { startDemoServices } from "../guest/demo_services.ts";
 import { Doorbell, pickIvshmemDevice } from "../guest/pci.ts";
 import {
+  identityOfFd,
+  type RegionFileState,
+  regionFileState,
+} from "../proxy/region_file.ts";
+import {
   intOption,
   LOG_OPTIONS,
   logSettings,
@@ -25,6 +30,15 @@ import {
   UsageError,
 } from "./args.ts";
 import { makeLogger } from "./logger.ts";
+
+/** How often file mode checks its device and the file at --region. */
+const REGION_CHECK_MS = 1000;
+/**
+ * How long the device's heartbeat must stand still before file mode counts
+ * the device on its mapping as gone: the driver's own device timeout
+ * (docs/transport.md, section 4.9).
+ */
+const DEVICE_GONE_MS = 3000;
 
 export const GUEST_HELP =
   `Usage: ivsock guest (--pci ADDRESS|auto | --region PATH) [options]
@@ -38,7 +52,9 @@ Where the region is:
                          one with "auto"; maps its BAR2 and, with
                          ivshmem-doorbell, rings the device through BAR0
   --region PATH          a file: a /dev/shm path shared with the host (the
-                         simulated guest), or a BAR's resource2 by hand
+                         simulated guest), or a BAR's resource2 by hand;
+                         when the device on it is gone and PATH holds a new
+                         file (the sidecar restarted), maps the new one
 
 Mappings (repeatable):
   --expose PORT=TARGET   answer vsock port PORT with a local service; TARGET
@@ -116,7 +132,9 @@ export async function guest(args: string[]): Promise<number> {
   const stopSignal = untilSignal((sig) =>
     log("info", `${sig}: already stopping`)
   );
-  const { mapping, doorbell, source } = openRegion(values, log);
+  const opened = openRegion(values, log);
+  const { doorbell, source } = opened;
+  let mapping = opened.mapping;
   const region = mapping.region;
   // Ring only when the device asked for doorbells (ivshmem-plain ignores
   // doorbell writes, but there is no point making them).
@@ -127,6 +145,7 @@ export async function guest(args: string[]): Promise<number> {
   };
   let demo: ReturnType<typeof startDemoServices> | null = null;
   let agent: GuestAgent | null = null;
+  let follower: { stop(): Promise<void> } | null = null;
   try {
     if (typeof values.demo === "string") {
       const info = () => ({
@@ -152,32 +171,127 @@ export async function guest(args: string[]): Promise<number> {
         target: { kind: "unix", path: demo.sourceSocket },
       });
     }
-    agent = await GuestAgent.start({
-      region,
-      exposes,
-      forwards,
-      transport: {
-        queueSize,
-        rxBufferSize,
-        mergeable: values["no-mergeable"] !== true,
-        ...(doorbell === null ? {} : { driverPeer: doorbell.position }),
-      },
-      ...(ringDevice === undefined ? {} : { ringDevice }),
-      log,
-    });
+    const startAgent = (on: MappedFile) =>
+      GuestAgent.start({
+        region: on.region,
+        exposes,
+        forwards,
+        transport: {
+          queueSize,
+          rxBufferSize,
+          mergeable: values["no-mergeable"] !== true,
+          ...(doorbell === null ? {} : { driverPeer: doorbell.position }),
+        },
+        ...(ringDevice === undefined ? {} : { ringDevice }),
+        log,
+      });
+    agent = await startAgent(mapping);
     log("info", `guest agent started on ${source}`, {
       exposes: exposes.map((e) => e.port),
       forwards: forwards.map((f) => f.port),
     });
+    if (typeof values.region === "string") {
+      follower = followRegionFile(values.region, {
+        mapping: () => mapping,
+        log,
+        async reopen(next) {
+          await agent?.stop(0);
+          agent = null;
+          mapping.close();
+          mapping = next;
+          agent = await startAgent(next);
+        },
+      });
+    }
     const signal = await stopSignal;
     log("info", `${signal}: stopping`);
   } finally {
+    await follower?.stop();
     await agent?.stop(2000);
     await demo?.close();
     doorbell?.close();
     mapping.close();
   }
   return 0;
+}
+
+/**
+ * File mode (--region) follows the region file. A sidecar that stops removes
+ * its region and its next start creates a new file at the same path; our
+ * mapping would keep the old, orphaned file forever. So once the device on
+ * our mapping is gone (its heartbeat still for {@linkcode DEVICE_GONE_MS})
+ * and the path holds a different file, `reopen` maps the new file and
+ * restarts the agent on it. A file removed while its device still runs is
+ * only reported: the mapping keeps working, and the device may come back
+ * on it (a restart over the same file).
+ */
+function followRegionFile(
+  path: string,
+  o: {
+    mapping: () => MappedFile;
+    log: ReturnType<typeof makeLogger>;
+    reopen: (next: MappedFile) => Promise<void>;
+  },
+): { stop(): Promise<void> } {
+  let identity = identityOfFd(o.mapping().fd);
+  let state: RegionFileState = "present";
+  let beat = o.mapping().region.load32(H.DEVICE_HEARTBEAT);
+  let beatAt = Date.now();
+  const check = async () => {
+    const b = o.mapping().region.load32(H.DEVICE_HEARTBEAT);
+    if (b !== beat) {
+      beat = b;
+      beatAt = Date.now();
+    }
+    let now: RegionFileState;
+    try {
+      now = regionFileState(path, identity);
+    } catch {
+      return; // cannot tell (a permission error, say): look again later
+    }
+    if (now !== state) {
+      state = now;
+      if (now !== "present") {
+        o.log(
+          "warn",
+          `the region file ${path} was ${now}: keeping the mapping while the device on it runs; a new file at the path is mapped once that device is gone`,
+        );
+      }
+    }
+    if (now !== "replaced" || Date.now() - beatAt < DEVICE_GONE_MS) return;
+    let next: MappedFile;
+    try {
+      next = mapFile(path);
+    } catch {
+      return; // still being created (no size yet): next time
+    }
+    o.log(
+      "warn",
+      `the device on the old region is gone and ${path} is a new file: re-opening it`,
+    );
+    await o.reopen(next);
+    identity = identityOfFd(next.fd);
+    state = "present";
+    beat = next.region.load32(H.DEVICE_HEARTBEAT);
+    beatAt = Date.now();
+  };
+  let busy: Promise<void> | null = null;
+  const timer = setInterval(() => {
+    busy ??= check().catch((err) =>
+      o.log(
+        "error",
+        `cannot re-open ${path}, trying again: ${
+          err instanceof Error ? err.message : err
+        }`,
+      )
+    ).finally(() => (busy = null));
+  }, REGION_CHECK_MS);
+  return {
+    async stop() {
+      clearInterval(timer);
+      await busy;
+    },
+  };
 }
 
 /** Maps the region from --pci or --region. @throws {UsageError} */

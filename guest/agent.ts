@@ -24,6 +24,7 @@ import type { VsockListener } from "../device/vsock/listener.ts";
 import { DriverEnginePort } from "../device/vsock/transport_ports.ts";
 import { bridge } from "../proxy/bridge.ts";
 import {
+  acceptEach,
   closeQuietly,
   connectTcp,
   tcpReadable,
@@ -180,13 +181,14 @@ export class GuestAgent {
       transport: "tcp",
     });
     this.#tcpListeners.push(listener);
-    this.#loops.push((async () => {
-      try {
-        for await (const tcp of listener) this.#connectOut(tcp, f.port);
-      } catch {
-        // Closed.
-      }
-    })());
+    this.#loops.push(
+      acceptEach(
+        listener,
+        (tcp) => this.#connectOut(tcp, f.port),
+        this.#log,
+        `forward to host vsock port ${f.port}`,
+      ),
+    );
   }
 
   async #connectOut(tcp: Deno.TcpConn, port: number): Promise<void> {

@@ -73,11 +73,15 @@ export function bridge(
     () => {},
     () => {
       const reason = conn.closeInfo?.reason;
-      decide(
-        reason === "ECONNRESET" || reason === "EPROTO"
-          ? "reset-by-guest"
-          : "reset-by-peer",
-      );
+      const byGuest = reason === "ECONNRESET" || reason === "EPROTO";
+      const first = outcome === null;
+      decide(byGuest ? "reset-by-guest" : "reset-by-peer");
+      // The other side could not take the bytes: it reset or went away.
+      // Cancelling the readable (what pipeTo does) would only send
+      // SHUTDOWN(RCV), and the other side's reads, its reset already
+      // reported to the failed write, would then end in a plain EOF: the
+      // guest would see a graceful close. Send RST instead.
+      if (first && !byGuest) conn.reset("the other side failed");
     },
   );
 

@@ -7,6 +7,12 @@
  * process created is removed, sockets are closed and unlinked, listeners
  * closed.
  *
+ * The region file is watched while running: if it is removed (or another
+ * file takes its path), the guest already attached keeps working through
+ * this process's mapping, but nothing new can map the region, so the sidecar
+ * says so once in the log and in {@linkcode Sidecar.regionFile} (which
+ * `/readyz` reports), and at stop leaves the path alone.
+ *
  * @module
  */
 
@@ -21,7 +27,19 @@ import { DeviceEnginePort } from "../device/vsock/transport_ports.ts";
 import type { ConfigSpec } from "../config/schema.ts";
 import { DataPlane } from "./data_plane.ts";
 import { EventBus } from "./events.ts";
+import {
+  type FileIdentity,
+  identityOfFd,
+  type RegionFileState,
+  regionFileState,
+} from "./region_file.ts";
 import { RouteTable } from "./route_table.ts";
+
+/**
+ * How often the region file's path is checked: a `stat` a second costs
+ * nothing, and an operator reading the log sees the removal within that.
+ */
+const REGION_CHECK_MS = 1000;
 
 /** Start-up failed; the message says what and why. */
 export class SidecarError extends Error {
@@ -44,6 +62,9 @@ export class Sidecar {
   #running: Promise<void>;
   #stopped: Promise<void> | null = null;
   #started = true;
+  #regionIdentity: FileIdentity;
+  #regionFile: RegionFileState = "present";
+  #regionTimer: ReturnType<typeof setInterval>;
 
   private constructor(
     config: ConfigSpec,
@@ -59,6 +80,7 @@ export class Sidecar {
     this.config = config;
     this.#log = log;
     this.#mapping = parts.mapping;
+    this.#regionIdentity = identityOfFd(parts.mapping.fd);
     this.transport = parts.transport;
     this.doorbell = parts.doorbell;
     this.engine = parts.engine;
@@ -90,6 +112,10 @@ export class Sidecar {
     );
     this.engine.setKick(() => this.#runner.kick());
     this.#running = this.#runner.run();
+    this.#regionTimer = setInterval(
+      () => this.#checkRegionFile(),
+      REGION_CHECK_MS,
+    );
   }
 
   /**
@@ -215,6 +241,33 @@ export class Sidecar {
   }
 
   /**
+   * Whether the region's path still holds the file this sidecar maps:
+   * "removed" or "replaced" means no new guest (or QEMU) can attach until
+   * the sidecar restarts and creates a new one. Checked every second.
+   */
+  get regionFile(): RegionFileState {
+    return this.#regionFile;
+  }
+
+  #checkRegionFile(): RegionFileState {
+    let now: RegionFileState;
+    try {
+      now = regionFileState(this.#mapping.path, this.#regionIdentity);
+    } catch {
+      return this.#regionFile; // cannot tell (a permission error): no news
+    }
+    if (now === this.#regionFile) return now;
+    this.#regionFile = now;
+    if (now !== "present") {
+      const reason =
+        `region file ${this.#mapping.path} was ${now} while running: the guest already attached keeps working through this process's mapping, but no new guest can attach to it; restart ivsock to create a new region`;
+      this.#log("warn", reason);
+      this.events.emit({ type: "device", state: `region-${now}`, reason });
+    }
+    return now;
+  }
+
+  /**
    * Stops accepting, lets connections drain for `graceMs`, resets the
    * rest, and removes what this process created (the region file, the
    * doorbell socket). Idempotent.
@@ -227,7 +280,11 @@ export class Sidecar {
       await this.#runner.stop();
       await this.#running;
       await this.doorbell?.close();
-      this.#mapping.close({ remove: this.#mapping.created });
+      clearInterval(this.#regionTimer);
+      // Never unlink a path that now holds someone else's file.
+      this.#mapping.close({
+        remove: this.#mapping.created && this.#checkRegionFile() === "present",
+      });
       if (this.#started) this.#log("info", "stopped");
     })();
     return this.#stopped;

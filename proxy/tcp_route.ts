@@ -8,7 +8,12 @@
 import { VsockError } from "../device/vsock/errors.ts";
 import { bridge } from "./bridge.ts";
 import { hostPort, RouteRuntime } from "./route_runtime.ts";
-import { closeQuietly, tcpReadable, tcpWritable } from "./tcp_streams.ts";
+import {
+  acceptEach,
+  closeQuietly,
+  tcpReadable,
+  tcpWritable,
+} from "./tcp_streams.ts";
 
 /** TCP listener -> guest vsock port. */
 export class TcpRoute extends RouteRuntime {
@@ -48,12 +53,13 @@ export class TcpRoute extends RouteRuntime {
     await this.#loop;
   }
 
-  async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
-    try {
-      for await (const conn of listener) this.#handle(conn);
-    } catch {
-      // The listener was closed.
-    }
+  #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+    return acceptEach(
+      listener,
+      (conn) => this.#handle(conn),
+      this.ctx.log,
+      `route ${this.name}`,
+    );
   }
 
   async #handle(tcp: Deno.TcpConn): Promise<void> {

@@ -11,8 +11,16 @@
  * @module
  */
 
+import type { LogFn } from "../device/log.ts";
+
 /** Bytes read per `read()`: one vsock packet's worth. */
 const READ_SIZE = 64 * 1024;
+
+/**
+ * Pause after an accept error that is not about one connection (out of
+ * descriptors, say), so a listener that cannot accept does not spin.
+ */
+const ACCEPT_RETRY_MS = 100;
 
 /** A readable of the bytes the peer sends; ends at its FIN. */
 export function tcpReadable(conn: Deno.Conn): ReadableStream<Uint8Array> {
@@ -83,5 +91,45 @@ export async function connectTcp(
     throw err;
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Accepts connections until `listener` is closed, handing each to `handle`.
+ * An accept that fails for one connection (a client that reset while it
+ * waited in the backlog: Deno reports NotConnected, from reading the peer's
+ * address) is skipped; any other error is logged and retried after
+ * {@linkcode ACCEPT_RETRY_MS}. Only closing the listener ends the loop, so
+ * one client can never stop a listener.
+ */
+export async function acceptEach(
+  listener: Deno.TcpListener,
+  handle: (conn: Deno.TcpConn) => void,
+  log: LogFn,
+  what: string,
+): Promise<void> {
+  for (;;) {
+    let conn: Deno.TcpConn;
+    try {
+      conn = await listener.accept();
+    } catch (err) {
+      if (err instanceof Deno.errors.BadResource) return; // closed
+      if (
+        err instanceof Deno.errors.NotConnected ||
+        err instanceof Deno.errors.ConnectionReset ||
+        err instanceof Deno.errors.ConnectionAborted
+      ) {
+        continue; // that client is gone already
+      }
+      log(
+        "warn",
+        `${what}: accept failed, retrying: ${
+          err instanceof Error ? err.message : err
+        }`,
+      );
+      await new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS));
+      continue;
+    }
+    handle(conn);
   }
 }

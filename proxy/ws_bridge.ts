@@ -92,12 +92,13 @@ export class WebSocketBridge {
   attach(conn: VsockConnection): void {
     this.#conn = conn;
     this.#writer = conn.writable.getWriter();
-    if (
-      this.#clientClosed !== null && !orderlyClose(this.#clientClosed) &&
-      this.#inbound.length === 0
-    ) {
-      // The client left abnormally before the guest even answered.
+    if (this.#clientClosed !== null && !orderlyClose(this.#clientClosed)) {
+      // The client left abnormally before the guest even answered: a reset,
+      // whatever it sent before (delivering that and then nothing, neither
+      // more data nor an end, would leave the guest waiting for ever).
       this.#decide("reset-by-peer");
+      this.#inbound = [];
+      this.#inboundBytes = 0;
       conn.reset("WebSocket client went away");
       this.#finish();
       return;

@@ -18,17 +18,22 @@ export class Child {
   #status: Promise<Deno.CommandStatus>;
   #exited = false;
 
+  /**
+   * Starts `deno run --allow-all script ...args`. Lines are read from
+   * `lines` (stdout by default); the other stream goes to ours.
+   */
   constructor(
     name: string,
     script: string | URL,
     args: string[],
     env: Record<string, string> = {},
+    lines: "stdout" | "stderr" = "stdout",
   ) {
     this.name = name;
     this.process = new Deno.Command(Deno.execPath(), {
       args: ["run", "--allow-all", String(script), ...args],
-      stdout: "piped",
-      stderr: "inherit",
+      stdout: lines === "stdout" ? "piped" : "inherit",
+      stderr: lines === "stderr" ? "piped" : "inherit",
       stdin: "null",
       env: { NO_COLOR: "1", ...env },
     }).spawn();
@@ -36,13 +41,15 @@ export class Child {
       this.#exited = true;
       return s;
     });
-    this.#pump = this.#read();
+    this.#pump = this.#read(
+      lines === "stdout" ? this.process.stdout : this.process.stderr,
+    );
   }
 
-  async #read(): Promise<void> {
+  async #read(stream: ReadableStream<Uint8Array>): Promise<void> {
     const decoder = new TextDecoderStream();
     let buffered = "";
-    for await (const chunk of this.process.stdout.pipeThrough(decoder)) {
+    for await (const chunk of stream.pipeThrough(decoder)) {
       buffered += chunk;
       let nl: number;
       while ((nl = buffered.indexOf("\n")) >= 0) {

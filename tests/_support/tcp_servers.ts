@@ -16,11 +16,12 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** Serves `handler` on 127.0.0.1:0. */
+/** Serves `handler` on 127.0.0.1:`port` (by default a free port). */
 export function tcpServer(
   handler: (conn: Deno.TcpConn) => Promise<unknown>,
+  port = 0,
 ): TestServer {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port });
   const sessions = new Set<Promise<void>>();
   const results: unknown[] = [];
   const conns = new Set<Deno.TcpConn>();
