@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real-guest test image: a Debian cloud kernel and an initramfs
-# holding busybox, the pinned deno binary and ivsock's sources.
+# holding busybox, the pinned deno binary, ivsock's sources (everything
+# `mod.ts guest` imports) and a Deno cache holding the npm packages that
+# deno.json pins, so the guest runs ivsock with no network.
 #
 #   tests/e2e/build_guest.sh [GUEST_SRC_DIR]
 #
@@ -16,13 +18,23 @@
 #
 # Needs: bash, coreutils, findutils, apt-get/apt-cache/dpkg-deb (to download
 # and unpack .debs), cpio and lz4 (installed with apt-get when missing), and
-# root only for that install and for apt-get update.
+# root only for that install and for apt-get update. The first run downloads
+# the npm packages (deno cache) into tests/e2e/.cache/deno-dir/.
 set -euo pipefail
 
 e2e_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$e2e_dir/../.." && pwd)
 cache="$e2e_dir/.cache"
 debs="$cache/debs"
+# The host-side Deno cache whose npm/ folder the guest gets as its DENO_DIR.
+deno_dir="$cache/deno-dir"
+
+# What the guest needs of the repo to run `deno run mod.ts guest ...`: the
+# entry point, its imports (deps.ts -> hono, zod), the config and lockfile,
+# and the folders the CLI's guest command reaches. No tests and no admin/
+# (only `serve` imports that, and only when it runs).
+SHIPPED_FILES=(mod.ts deps.ts deno.json deno.lock)
+SHIPPED_DIRS=(cli config device guest proxy)
 
 # The kernel chosen when this rig was written: the newest
 # linux-image-*-cloud-amd64 that bookworm's apt-cache offered. Pinned so that
@@ -56,10 +68,22 @@ deno_bin=$(readlink -f "$deno_bin")
 file_magic=$(head -c 4 "$deno_bin" | od -An -c | tr -d ' ')
 [ "$file_magic" = '177ELF' ] || die "expected $deno_bin to be an ELF binary, found magic '$file_magic'"
 
-for f in "$repo/deno.json" "$repo/deno.lock"; do
-  [ -f "$f" ] || die "expected $f to exist"
+for f in "${SHIPPED_FILES[@]}"; do
+  [ -f "$repo/$f" ] || die "expected $repo/$f to exist"
 done
-[ -d "$repo/device" ] || die "expected $repo/device to exist"
+for d in "${SHIPPED_DIRS[@]}"; do
+  [ -d "$repo/$d" ] || die "expected $repo/$d to exist"
+done
+
+# The npm packages, fetched by the deno being shipped so the cache layout is
+# the one it reads. --frozen: the build never rewrites deno.lock. A cache that
+# is already complete answers in a tenth of a second without the network.
+if ! cache_log=$(DENO_DIR="$deno_dir" DENO_NO_UPDATE_CHECK=1 NO_COLOR=1 \
+  "$deno_bin" cache --frozen "$repo/mod.ts" 2>&1); then
+  printf '%s\n' "$cache_log" >&2
+  die "deno cache mod.ts failed (the first run needs registry.npmjs.org)"
+fi
+[ -d "$deno_dir/npm" ] || die "deno cache left no $deno_dir/npm"
 
 # "<package> <candidate version>" for each package apt-cache offers. One call
 # for all of them: each apt-cache run costs most of a second here. It answers
@@ -106,23 +130,35 @@ fi
 busybox_ver=$(version_of busybox-static "$offered")
 [ -n "$busybox_ver" ] || die "apt-cache offers no busybox-static"
 
-# Every file shipped under /ivsock, as "<path in guest> <sha256>" lines.
+# "<prefix><path> <sha256>" for every file under DIR (relative to DIR), in
+# byte order, leaving out tests.
+hash_tree() {
+  local dir=$1 prefix=$2
+  (cd "$dir" && find . -type f ! -name '*_test.ts' -print0 | LC_ALL=C sort -z |
+    xargs -0 -r sha256sum | awk -v p="$prefix" '{ sub(/^\.\//, "", $2); print p $2 " " $1 }')
+}
+
+# Every file shipped under /ivsock and /deno-dir, as "<path in guest>
+# <sha256>" lines.
 source_manifest() {
   local rel
   {
-    (cd "$repo" && find device -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum |
-      awk '{ print "/ivsock/" $2 " " $1 }')
-    for rel in deno.json deno.lock; do
+    for rel in "${SHIPPED_FILES[@]}"; do
       printf '/ivsock/%s %s\n' "$rel" "$(sha256sum <"$repo/$rel" | cut -d' ' -f1)"
     done
+    for rel in "${SHIPPED_DIRS[@]}"; do
+      # guest/ may come from GUEST_SRC_DIR instead (below).
+      [ "$rel" = guest ] && continue
+      hash_tree "$repo/$rel" "/ivsock/$rel/"
+    done
+    if [ -n "$guest_src" ]; then
+      hash_tree "$guest_src" /ivsock/guest/
+    fi
     # The rig's own guest programs (guest_probe.ts and any later guest_*.ts;
     # not the host-side guest_*_test.ts).
     (cd "$repo" && find tests/e2e -maxdepth 1 -type f -name 'guest_*.ts' ! -name '*_test.ts' -print0 |
       LC_ALL=C sort -z | xargs -0 -r sha256sum | awk '{ print "/ivsock/" $2 " " $1 }')
-    if [ -n "$guest_src" ]; then
-      (cd "$guest_src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum |
-        awk '{ sub(/^\.\//, "", $2); print "/ivsock/guest/" $2 " " $1 }')
-    fi
+    hash_tree "$deno_dir/npm" /deno-dir/npm/
   }
 }
 
@@ -250,15 +286,30 @@ find "$root/$moddir/kernel" -name '*.ko.xz' -exec "$bb" unxz {} +
 "$bb" depmod -b "$root" "$kver"
 
 # Sources, under /ivsock like the repo root, so relative imports such as
-# guest/ -> ../device/ resolve the same way as on the host.
-cp -a "$repo/device" "$root/ivsock/device"
-cp "$repo/deno.json" "$repo/deno.lock" "$root/ivsock/"
+# guest/ -> ../device/ resolve the same way as on the host. Copied by the
+# same file list the manifest hashed (tests left out).
+ship_tree() {
+  local from=$1 to=$2
+  mkdir -p "$to"
+  (cd "$from" && find . -type f ! -name '*_test.ts' -print0 |
+    cpio --null --pass-through --make-directories --quiet "$to")
+}
+for rel in "${SHIPPED_FILES[@]}"; do
+  cp "$repo/$rel" "$root/ivsock/"
+done
+for rel in "${SHIPPED_DIRS[@]}"; do
+  [ "$rel" = guest ] && continue
+  ship_tree "$repo/$rel" "$root/ivsock/$rel"
+done
+if [ -n "$guest_src" ]; then
+  ship_tree "$guest_src" "$root/ivsock/guest"
+fi
 mkdir -p "$root/ivsock/tests/e2e"
 find "$repo/tests/e2e" -maxdepth 1 -type f -name 'guest_*.ts' ! -name '*_test.ts' \
   -exec cp {} "$root/ivsock/tests/e2e/" \;
-if [ -n "$guest_src" ]; then
-  cp -a "$guest_src" "$root/ivsock/guest"
-fi
+# The npm packages only: the rest of a DENO_DIR (emitted JavaScript, analysis
+# caches) is keyed by the host's file paths and useless in the guest.
+ship_tree "$deno_dir/npm" "$root/deno-dir/npm"
 printf '%s\n' "$manifest" >"$root/ivsock/MANIFEST"
 
 cat >"$root/etc/passwd" <<'EOF'
@@ -277,14 +328,16 @@ cat >"$root/init" <<'EOF'
 # ivsock e2e guest: mount the basics, run the base64 command from
 # ivsock.cmd= on the kernel command line, report its status, power off.
 export PATH=/bin HOME=/root TERM=dumb NO_COLOR=1
-# Deno: a writable cache on tmpfs, no update check (there is no network), and
-# no permission prompt (the console is a tty, so a prompt would hang the run).
-export DENO_DIR=/tmp/deno-dir DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
+# Deno: the cache built on the host (npm packages for deps.ts; the root
+# filesystem is a writable initramfs, so Deno adds its own files there), no
+# update check (there is no network), and no permission prompt (the console
+# is a tty, so a prompt would hang the run).
+export DENO_DIR=/deno-dir DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs -o mode=1777 tmpfs /tmp
-mkdir -p /dev/shm /dev/pts "$DENO_DIR"
+mkdir -p /dev/shm /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t devpts devpts /dev/pts
 ip link set lo up

@@ -60,6 +60,13 @@ export interface GuestOptions {
   memoryMiB?: number;
   /** Called with each piece of console output as it arrives. */
   onConsole?: (text: string) => void;
+  /** Called once with QEMU's process id, right after it starts. */
+  onSpawn?: (pid: number) => void;
+  /**
+   * Stops QEMU (SIGTERM, then SIGKILL) when aborted: how a test that has
+   * failed ends a guest that would otherwise run until `timeoutMs`.
+   */
+  signal?: AbortSignal;
 }
 
 /** How a {@linkcode runGuest} run ended. */
@@ -73,6 +80,8 @@ export interface GuestResult {
   console: string;
   /** Whether QEMU was killed because `timeoutMs` ran out. */
   timedOut: boolean;
+  /** Whether QEMU was stopped because `signal` was aborted. */
+  aborted: boolean;
   /** What QEMU itself printed on stderr (warnings, errors). */
   qemuStderr: string;
   /** Milliseconds from starting QEMU to its exit. */
@@ -276,7 +285,7 @@ export function qemuArgs(options: GuestOptions): string[] {
  * @throws {Error} if QEMU is not installed, or exits with an error before
  * the guest printed {@linkcode READY_MARKER} (bad arguments, an ivshmem
  * server that is not listening); the message carries QEMU's stderr.
- * Rethrows whatever `onConsole` throws, after stopping QEMU.
+ * Rethrows whatever `onConsole` or `onSpawn` throws, after stopping QEMU.
  */
 export async function runGuest(options: GuestOptions): Promise<GuestResult> {
   const args = qemuArgs(options);
@@ -302,6 +311,7 @@ export async function runGuest(options: GuestOptions): Promise<GuestResult> {
   let consoleText = "";
   let readyMs: number | null = null;
   let timedOut = false;
+  let aborted = false;
   let callbackError: { error: unknown } | undefined;
   let killTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -315,6 +325,21 @@ export async function runGuest(options: GuestOptions): Promise<GuestResult> {
     timedOut = true;
     stop();
   }, options.timeoutMs);
+
+  const onAbort = () => {
+    aborted = true;
+    stop();
+  };
+  if (options.signal?.aborted) onAbort();
+  else options.signal?.addEventListener("abort", onAbort, { once: true });
+  if (options.onSpawn !== undefined) {
+    try {
+      options.onSpawn(child.pid);
+    } catch (error) {
+      callbackError = { error };
+      stop();
+    }
+  }
 
   const pumpStdout = async () => {
     const decoder = new TextDecoder();
@@ -345,6 +370,7 @@ export async function runGuest(options: GuestOptions): Promise<GuestResult> {
   ]);
   clearTimeout(timeoutTimer);
   clearTimeout(killTimer);
+  options.signal?.removeEventListener("abort", onAbort);
   const elapsedMs = performance.now() - started;
 
   if (statusDone.status === "rejected") throw statusDone.reason;
@@ -353,7 +379,7 @@ export async function runGuest(options: GuestOptions): Promise<GuestResult> {
   if (callbackError !== undefined) throw callbackError.error;
 
   const exit = statusDone.value;
-  if (!exit.success && readyMs === null && !timedOut) {
+  if (!exit.success && readyMs === null && !timedOut && !aborted) {
     throw new Error(
       `Expected QEMU to boot the guest, it exited with code ${exit.code}${
         exit.signal === null ? "" : ` (${exit.signal})`
@@ -364,6 +390,7 @@ export async function runGuest(options: GuestOptions): Promise<GuestResult> {
     status: parseExitStatus(consoleText),
     console: consoleText,
     timedOut,
+    aborted,
     qemuStderr,
     elapsedMs,
     readyMs,

@@ -190,3 +190,35 @@ Deno.test({
     assert(ms < 20_000, `expected QEMU stopped at once, it took ${ms} ms`);
   },
 });
+
+Deno.test({
+  name:
+    "runGuest() reports QEMU's pid through onSpawn and stops QEMU when its signal aborts",
+  ignore: noQemu,
+  async fn() {
+    const image = await buildGuest();
+    const controller = new AbortController();
+    let pid: number | undefined;
+    let seen = "";
+    const started = performance.now();
+    const result = await runGuest({
+      kernel: image.kernel,
+      initrd: image.initrd,
+      command: "sleep 600",
+      timeoutMs: 60_000,
+      onSpawn: (p) => (pid = p),
+      onConsole: (text) => {
+        // A marker may arrive split across two pieces.
+        seen += text;
+        if (seen.includes("IVSOCK-GUEST-READY")) controller.abort();
+      },
+      signal: controller.signal,
+    });
+    const ms = performance.now() - started;
+    assert(pid !== undefined && pid > 0, `expected a pid, got ${pid}`);
+    assert(result.aborted, `expected an abort, got:\n${result.console}`);
+    assertEquals(result.timedOut, false);
+    assertEquals(result.status, null);
+    assert(ms < 30_000, `expected QEMU stopped at once, it took ${ms} ms`);
+  },
+});
