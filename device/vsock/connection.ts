@@ -10,7 +10,7 @@
  *      RST / timeout               close()    peer SHUTDOWN(both)
  *               v                        v     v
  *           [closed] <--RST or timeout-- [closing]   (or RST at once when
- *                                                    nothing is left to read)
+ *                    \__ RST sent <-- peer SHUTDOWN(both), nothing left to read)
  * ```
  *
  * Half-close: closing the writable sends SHUTDOWN(SEND) once every queued
@@ -446,7 +446,24 @@ export class VsockConnection {
       this.#writeClosed = true;
     }
     if (flags & SHUTDOWN_F.SEND) this.#wakeReader();
-    this.#maybeFinish();
+    if (this.#state === "closing") this.#closingPeerDone();
+    else this.#maybeFinish();
+  }
+
+  /**
+   * Both ends closed at once: each sent SHUTDOWN(both) and is waiting for
+   * the other's RST, which neither would send before its close timeout
+   * (Linux ignores SHUTDOWN while closing too). Once the peer has shut both
+   * directions and nothing is left to read, nothing more can happen: send
+   * the RST that ends the peer's wait, and end.
+   */
+  #closingPeerDone(): void {
+    const peerDone = (this.#peerShut & (SHUTDOWN_F.RCV | SHUTDOWN_F.SEND)) ===
+      (SHUTDOWN_F.RCV | SHUTDOWN_F.SEND);
+    if (!peerDone || !this.#inputDone()) return;
+    this.#pending = P_RST;
+    this.#schedule();
+    this.#end({ reason: "closed", message: "closed" }, true);
   }
 
   #peerReset(): void {

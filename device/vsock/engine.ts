@@ -467,7 +467,10 @@ export class VsockEngine implements ConnectionHost {
   /** Queues an RST answering `h` (never for an RST), bounded. */
   #refuse(h: PacketHeader, reason: string): void {
     if (h.op === OP.RST) {
-      this.#drop(`RST for no connection (${reason})`);
+      // Linux drops these silently: both ends of a simultaneous close send
+      // one, and each finds its connection already gone. Counted, not
+      // warned about.
+      this.#drop(`RST for no connection (${reason})`, "debug");
       return;
     }
     this.#count_(this.stats.refused, reason.replace(/\d+/g, "N"));
@@ -499,10 +502,10 @@ export class VsockEngine implements ConnectionHost {
     this.#kick();
   }
 
-  #drop(reason: string): void {
+  #drop(reason: string, level: "warn" | "debug" = "warn"): void {
     this.#count_(this.stats.dropped, reason.replace(/\d+/g, "N"));
     this.#onEvent({ type: "drop", reason });
-    this.#limited("drop", "warn", `dropped a packet: ${reason}`);
+    this.#limited("drop", level, `dropped a packet: ${reason}`);
   }
 
   #ephemeralPort(peerPort: number): number {

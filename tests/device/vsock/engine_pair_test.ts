@@ -174,3 +174,31 @@ Deno.test("a device restart mid-transfer resets the guest's connections and its 
     await p.stop();
   }
 });
+
+Deno.test("both ends closing at the same moment end at once, and the crossing RSTs raise no warning", async () => {
+  const warnings: string[] = [];
+  const log = (level: string, msg: string) => {
+    if (level === "warn" || level === "error") warnings.push(msg);
+  };
+  const p = await enginePair({
+    host: { closeTimeoutMs: 5_000, log },
+    guest: { closeTimeoutMs: 5_000, log },
+  });
+  try {
+    const listener = p.guest.listen(80);
+    const accepted = listener.accept();
+    const c = await p.host.connect(80);
+    const g = await accepted;
+    // Neither side has seen the other's SHUTDOWN when it sends its own.
+    c.close();
+    g.close();
+    const [hostEnd, guestEnd] = await Promise.all([c.closed, g.closed]);
+    assertEquals([hostEnd.reason, guestEnd.reason], ["closed", "closed"]);
+    // Without the fix each waited out its close timeout and sent RST then.
+    assertEquals([hostEnd.message, guestEnd.message], ["closed", "closed"]);
+    listener.close();
+  } finally {
+    await p.stop();
+  }
+  assertEquals(warnings, []);
+});

@@ -103,6 +103,34 @@ Deno.test("close() sends RST itself when the peer does not answer within the clo
   assertEquals(p.pumpOps(), ["RST"]);
 });
 
+Deno.test("closing while the peer closes too ends at once with RST instead of waiting out the close timeout", async () => {
+  const p = new ScriptedPeer({ closeTimeoutMs: 60_000 });
+  const conn = await open(p);
+  conn.close();
+  assertEquals(p.pumpOps(), ["SHUTDOWN"]);
+  // The peer closed at the same moment: its SHUTDOWN(both) crossed ours.
+  p.deliver({
+    op: OP.SHUTDOWN,
+    ...from,
+    flags: SHUTDOWN_F.RCV | SHUTDOWN_F.SEND,
+  });
+  assertEquals(conn.state, "closed");
+  assertEquals((await conn.closed).reason, "closed");
+  assertEquals(p.pumpOps(), ["RST"], "the RST that ends the peer's wait");
+});
+
+Deno.test("closing keeps waiting while the peer has shut only one direction", async () => {
+  const p = new ScriptedPeer({ closeTimeoutMs: 60_000 });
+  const conn = await open(p);
+  conn.close();
+  p.pump();
+  p.deliver({ op: OP.SHUTDOWN, ...from, flags: SHUTDOWN_F.SEND });
+  assertEquals(conn.state, "closing");
+  assertEquals(p.pumpOps(), []);
+  p.deliver({ op: OP.RST, ...from });
+  assertEquals((await conn.closed).reason, "closed");
+});
+
 Deno.test("close() sends queued data before its SHUTDOWN", async () => {
   const p = new ScriptedPeer();
   const conn = await open(p);
