@@ -409,9 +409,9 @@ export class VsockConnection {
       );
       return;
     }
-    // Credit counts bytes only, but empty or tiny packets cost memory too,
-    // so their number is capped as well (an empty SEQPACKET message uses no
-    // credit at all). Nothing is queued once reading has stopped.
+    // Credit counts bytes only, and an empty SEQPACKET message uses none, so
+    // the number of queued messages is capped too (see maxQueuedPackets).
+    // Nothing is queued once reading has stopped.
     const most = maxQueuedPackets(this.#host.bufAlloc);
     if (!this.#readDone && this.#recv.entries >= most) {
       this.#protocolError(

@@ -62,27 +62,24 @@ export const EPHEMERAL_LAST = 2 ** 31 - 1;
 export const PACKETS_PER_TURN = 4;
 
 /**
- * What one queued packet of unread data costs beyond its payload: a V8
- * typed array and its buffer take about 210 bytes (measured with 10^6 empty
- * messages), rounded up. Credit only counts payload bytes, so without a
- * second budget a peer sending empty SEQPACKET messages, which use no
- * credit at all, grows a connection's queue without bound while the
- * application is not reading.
+ * Unread packets a connection holds at least, whatever its buffer: room for
+ * empty SEQPACKET messages beyond those that carry bytes.
  */
-export const QUEUED_PACKET_COST = 256;
-
-/** Unread packets a connection holds at least, however small its buffer. */
 export const MIN_QUEUED_PACKETS = 64;
 
 /**
- * Unread packets (STREAM chunks, SEQPACKET messages and message parts) a
- * connection with a `bufAlloc`-byte receive buffer may hold: a peer that
- * sends more before the application reads is reset. A STREAM peer never
- * gets near it: small payloads share chunks (see `receive_buffer.ts`).
+ * Unread packets (STREAM chunks, SEQPACKET messages) a connection with a
+ * `bufAlloc`-byte receive buffer may hold: a peer that sends more before the
+ * application reads is reset. Credit bounds the bytes, but an empty
+ * SEQPACKET message uses no credit at all, so without a second bound a peer
+ * could queue them without end while the application is not reading.
+ *
+ * A peer that keeps to its credit never reaches this with messages that
+ * carry a byte or more (there can be at most `bufAlloc` of them), and a
+ * STREAM peer never gets near it (small payloads share chunks). Each queued
+ * message costs five bytes beyond its payload (see `message_ring.ts`), so
+ * at the limit a connection holds at most about `6 * bufAlloc` bytes.
  */
 export function maxQueuedPackets(bufAlloc: number): number {
-  return Math.max(
-    MIN_QUEUED_PACKETS,
-    Math.floor(bufAlloc / QUEUED_PACKET_COST),
-  );
+  return bufAlloc + MIN_QUEUED_PACKETS;
 }

@@ -1,29 +1,33 @@
 /**
  * Received bytes waiting for the application, bounded by buf_alloc.
  *
- * For STREAM it is a queue of byte chunks. For SEQPACKET it also keeps the
- * message being assembled and the finished messages, so that reads return
- * whole messages with their EOR flag. Chunks are copies made as packets
- * arrive, so an idle connection holds no buffer at all.
+ * The bytes are a queue of chunks, copied as packets arrive, so an idle
+ * connection holds no buffer at all. STREAM reads take whole chunks. For
+ * SEQPACKET the same chunks hold the messages back to back and a
+ * {@linkcode MessageRing} their lengths and EOR flags, so that reads return
+ * whole messages, copied out of the chunks.
  *
  * Memory is bounded twice: the bytes by buf_alloc (credit), and the number
- * of queued pieces by {@linkcode entries}, which the connection caps (each
- * piece costs a typed array whatever its length). STREAM payloads smaller
- * than {@linkcode MIN_CHUNK} are appended into the last chunk's spare room,
- * so a peer sending tiny packets within its credit costs one chunk per few
- * KiB, not one per packet, and never reaches that cap.
+ * of queued pieces by {@linkcode entries}, which the connection caps because
+ * an empty SEQPACKET message uses no credit at all. Payloads smaller than
+ * {@linkcode MIN_CHUNK} are appended into the last chunk's spare room, so a
+ * peer sending tiny packets within its credit costs one chunk per few KiB
+ * and five bytes per message, not a typed array (about 210 bytes) per
+ * packet; a peer that keeps to its credit and sends no empty messages can
+ * never reach the cap.
  *
  * @module
  */
 
+import { MessageRing } from "./message_ring.ts";
 import { VsockMessage } from "./vsock_message.ts";
 
 /**
- * Smallest buffer a STREAM chunk queued behind unread data gets; later
- * payloads that fit its spare room are copied in (Linux coalesces small
- * packets into the previous skb the same way). Two neighbouring chunks
- * after the first always hold more than this, so the chunk count stays
- * below `2 * bytes / MIN_CHUNK + 2`.
+ * Smallest buffer a chunk queued behind unread data gets; later payloads
+ * that fit its spare room are copied in (Linux coalesces small packets into
+ * the previous skb the same way). Two neighbouring chunks after the first
+ * always hold more than this, so the chunk count stays below
+ * `2 * bytes / MIN_CHUNK + 2`.
  */
 export const MIN_CHUNK = 4096;
 
@@ -39,24 +43,27 @@ export class ReceiveBuffer {
   /** Bytes held (unread), including a partial message. */
   bytes = 0;
   /**
-   * STREAM: filled chunks, except the last, which is a whole buffer whose
-   * first {@linkcode #tailUsed} bytes are filled.
+   * Filled chunks, except the last, which is a whole buffer whose first
+   * {@linkcode #tailUsed} bytes are filled. SEQPACKET reads may have taken
+   * the first {@linkcode #headUsed} bytes of the first chunk already.
    */
   #chunks: Uint8Array[] = [];
   #tailUsed = 0;
+  #headUsed = 0;
   /** SEQPACKET: finished messages. */
-  #messages: VsockMessage[] = [];
-  /** SEQPACKET: parts of the message being assembled. */
-  #parts: Uint8Array[] = [];
+  #messages = new MessageRing();
+  /** SEQPACKET: bytes of the message being assembled (already in chunks). */
   #partBytes = 0;
 
   constructor(seqpacket: boolean) {
     this.seqpacket = seqpacket;
   }
 
-  /** Pieces held: chunks, or finished messages plus parts of the next. */
+  /** Pieces held: STREAM chunks, or SEQPACKET messages (finished or not). */
   get entries(): number {
-    return this.#chunks.length + this.#messages.length + this.#parts.length;
+    return this.seqpacket
+      ? this.#messages.count + (this.#partBytes > 0 ? 1 : 0)
+      : this.#chunks.length;
   }
 
   /**
@@ -65,47 +72,29 @@ export class ReceiveBuffer {
    */
   push(len: number, source: PayloadSource, eom: boolean, eor: boolean): void {
     this.bytes += len;
-    if (!this.seqpacket) {
-      if (len > 0) this.#append(len, source);
-      return;
-    }
-    if (len > 0) {
-      const part = new Uint8Array(len);
-      source.copyPayload(part);
-      this.#parts.push(part);
-      this.#partBytes += len;
-    }
+    if (len > 0) this.#append(len, source);
+    if (!this.seqpacket) return;
+    this.#partBytes += len;
     if (eom) {
-      const m = new VsockMessage(this.#partBytes);
-      let at = 0;
-      for (const p of this.#parts) {
-        m.set(p, at);
-        at += p.length;
-      }
-      m.eor = eor;
-      this.#messages.push(m);
-      this.#parts = [];
+      this.#messages.push(this.#partBytes, eor);
       this.#partBytes = 0;
     }
   }
 
   /** Whether a read can return something now. */
   get readable(): boolean {
-    return this.seqpacket ? this.#messages.length > 0 : this.#chunks.length > 0;
+    return this.seqpacket ? this.#messages.count > 0 : this.#chunks.length > 0;
   }
 
   /** The next chunk (STREAM) or whole message (SEQPACKET), or undefined. */
   shift(): Uint8Array | undefined {
-    let next: Uint8Array | undefined;
-    if (this.seqpacket) next = this.#messages.shift();
-    else {
-      next = this.#chunks.shift();
-      if (next !== undefined && this.#chunks.length === 0) {
-        // The last chunk leaves with what is filled; the next payload
-        // starts a new one.
-        next = next.subarray(0, this.#tailUsed);
-        this.#tailUsed = 0;
-      }
+    if (this.seqpacket) return this.#shiftMessage();
+    let next = this.#chunks.shift();
+    if (next !== undefined && this.#chunks.length === 0) {
+      // The last chunk leaves with what is filled; the next payload starts
+      // a new one.
+      next = next.subarray(0, this.#tailUsed);
+      this.#tailUsed = 0;
     }
     if (next !== undefined) this.bytes -= next.length;
     return next;
@@ -116,11 +105,41 @@ export class ReceiveBuffer {
     const n = this.bytes;
     this.#chunks = [];
     this.#tailUsed = 0;
-    this.#messages = [];
-    this.#parts = [];
+    this.#headUsed = 0;
+    this.#messages.clear();
     this.#partBytes = 0;
     this.bytes = 0;
     return n;
+  }
+
+  #shiftMessage(): VsockMessage | undefined {
+    if (this.#messages.count === 0) return undefined;
+    const m = new VsockMessage(this.#messages.firstLength);
+    m.eor = this.#messages.shift();
+    let at = 0;
+    while (at < m.length) {
+      const chunk = this.#chunks[0]!;
+      const end = this.#chunks.length === 1 ? this.#tailUsed : chunk.length;
+      const take = Math.min(end - this.#headUsed, m.length - at);
+      // Messages are queued only after their bytes, so this cannot happen;
+      // if it ever did, failing beats spinning.
+      if (take <= 0) throw new Error("receive buffer: message bytes missing");
+      m.set(chunk.subarray(this.#headUsed, this.#headUsed + take), at);
+      at += take;
+      this.#headUsed += take;
+      if (this.#headUsed === end && this.#chunks.length > 1) {
+        this.#chunks.shift();
+        this.#headUsed = 0;
+      }
+    }
+    if (this.#headUsed === this.#tailUsed && this.#chunks.length === 1) {
+      // Everything read: the next payload starts a new chunk.
+      this.#chunks = [];
+      this.#headUsed = 0;
+      this.#tailUsed = 0;
+    }
+    this.bytes -= m.length;
+    return m;
   }
 
   #append(len: number, source: PayloadSource): void {
