@@ -20,7 +20,10 @@
  * [7] FDS        number of watched eventfds (at most MAX_FDS)
  * [8] CONTROL    an eventfd of the main thread's (or -1) that ends a poll(2)
  *                at once: written on stop, activity and a new watch list
- * [9..]          MAX_WORDS pairs (byte offset, width), then MAX_FDS fds
+ * [9] DEEP       the worker sets 1 while in a long sleep (the idle interval,
+ *                or blocked on doorbells): only then does activity() need to
+ *                wake it, so a busy main thread does not wake it every turn
+ * [10..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds
  * ```
  *
  * @module
@@ -35,7 +38,8 @@ export const CTL_VERSION = 5;
 export const CTL_WORDS = 6;
 export const CTL_FDS = 7;
 export const CTL_CONTROL = 8;
-export const CTL_TABLE = 9;
+export const CTL_DEEP = 9;
+export const CTL_TABLE = 10;
 export const MAX_WORDS = 16;
 export const MAX_FDS = 8;
 export const CTL_LENGTH = CTL_TABLE + 2 * MAX_WORDS + MAX_FDS;

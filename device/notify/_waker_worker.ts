@@ -21,6 +21,7 @@
 import {
   CTL_ACTIVITY,
   CTL_CONTROL,
+  CTL_DEEP,
   CTL_FDS,
   CTL_PENDING,
   CTL_SLEEP,
@@ -46,8 +47,8 @@ function run(init: WakerInit): void {
     prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
   });
   // PR_SET_TIMERSLACK (29), for this thread only: Linux lets a timed sleep
-  // overrun by the slack (50 us by default), which would turn our 20 us
-  // polls into 70 us ones.
+  // overrun by the slack (50 us by default), which would turn our 100 us
+  // polls into 150 us ones.
   libc.symbols.prctl(29, 1000n, 0n, 0n, 0n);
   const ctl = new Int32Array(init.control);
   const buffer = init.memory.kind === "shared"
@@ -152,7 +153,25 @@ function run(init: WakerInit): void {
       signalMain();
       continue;
     }
-    const ms = sleepFor(now - lastChange, init.options);
+    // With doorbells to block on, the peer's doorbell is the wake-up: sleep
+    // in poll(2) at once instead of polling every fraction of a millisecond
+    // after activity. Those short sleeps cost each worker a third of a core
+    // and, on two cores, the main threads their turn: a 64-byte round trip
+    // took 1.6 ms with them and 0.5 ms without (docs/performance.md).
+    const ms = fdCount > 0
+      ? init.options.idleSleepMs
+      : sleepFor(now - lastChange, init.options);
+    if (fdCount === 0 && ms >= 1) {
+      // The idle interval, which activity should cut short: say so first,
+      // then look at ACTIVITY once more, so that activity() either sees
+      // DEEP and wakes us or we see its count. (With doorbells, activity
+      // changes nothing: we block on them anyway.)
+      Atomics.store(ctl, CTL_DEEP, 1);
+      if (Atomics.load(ctl, CTL_ACTIVITY) !== lastActivity) {
+        Atomics.store(ctl, CTL_DEEP, 0);
+        continue;
+      }
+    }
     if (fdCount > 0 && ms >= 1) {
       // poll(2) counts whole milliseconds: block on the doorbells.
       if (pollEventFds(ms)) {
@@ -169,6 +188,7 @@ function run(init: WakerInit): void {
       }
       Atomics.wait(ctl, CTL_SLEEP, 0, ms);
     }
+    Atomics.store(ctl, CTL_DEEP, 0);
   }
   libc.close();
   self.postMessage("stopped");
