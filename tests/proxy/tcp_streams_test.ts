@@ -1,0 +1,36 @@
+/**
+ * tcpReadable sizes its read buffer to the traffic: small while messages
+ * are small (an idle connection's pending read holds little), growing to a
+ * vsock packet's worth for bulk data.
+ */
+import { assert, assertEquals } from "../../dev_deps.ts";
+import { tcpReadable } from "../../proxy/tcp_streams.ts";
+import { Prng } from "../_support/prng.ts";
+
+Deno.test("tcpReadable starts with small reads, grows them to 64 KiB for bulk data, and delivers every byte in order", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const data = new Prng(3).bytes(4 << 20);
+  const sending = (async () => {
+    const c = await listener.accept();
+    let at = 0;
+    while (at < data.length) at += await c.write(data.subarray(at));
+    c.close();
+  })();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const sizes: number[] = [];
+  const got = new Uint8Array(data.length);
+  let at = 0;
+  for await (const chunk of tcpReadable(conn)) {
+    sizes.push(chunk.length);
+    got.set(chunk, at);
+    at += chunk.length;
+  }
+  conn.close();
+  await sending;
+  listener.close();
+  assertEquals(at, data.length);
+  assert(got.every((b, i) => b === data[i]), "bytes in order");
+  assert(sizes[0]! <= 2048, `first read ${sizes[0]} bytes, at most 2 KiB`);
+  assertEquals(Math.max(...sizes), 64 * 1024, "bulk reads reach 64 KiB");
+});
