@@ -19,8 +19,8 @@ export class Child {
   #exited = false;
 
   /**
-   * Starts `deno run --allow-all script ...args`. Lines are read from
-   * `lines` (stdout by default); the other stream goes to ours.
+   * Starts `deno run --allow-all ...denoFlags script ...args`. Lines are
+   * read from `lines` (stdout by default); the other stream goes to ours.
    */
   constructor(
     name: string,
@@ -28,10 +28,11 @@ export class Child {
     args: string[],
     env: Record<string, string> = {},
     lines: "stdout" | "stderr" = "stdout",
+    denoFlags: string[] = [],
   ) {
     this.name = name;
     this.process = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", String(script), ...args],
+      args: ["run", "--allow-all", ...denoFlags, String(script), ...args],
       stdout: lines === "stdout" ? "piped" : "inherit",
       stderr: lines === "stderr" ? "piped" : "inherit",
       stdin: "null",

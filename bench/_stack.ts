@@ -1,0 +1,229 @@
+/**
+ * The ivsock stack as benchmarks run it: the sidecar (`mod.ts serve`, the
+ * real CLI) and the guest agent, each its own process, plus a process of
+ * loopback TCP servers. Everything is torn down by `stop()`.
+ *
+ * @module
+ */
+
+import { Child } from "../tests/_support/child.ts";
+
+const SERVE = new URL(
+  Deno.env.get("IVSOCK_BENCH_SERVE") ?? "../mod.ts",
+  import.meta.url,
+);
+const GUEST = new URL("./_guest.ts", import.meta.url);
+const SERVERS = new URL("./_servers.ts", import.meta.url);
+const START_MS = 30_000;
+
+/**
+ * `IVSOCK_BENCH_PROFILE=DIR` runs the sidecar and the guest agent with
+ * `--cpu-prof` into DIR: how docs/performance.md's profiles were taken.
+ */
+const PROFILE_DIR = Deno.env.get("IVSOCK_BENCH_PROFILE");
+const PROFILE_FLAGS = PROFILE_DIR
+  ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
+  : [];
+
+/** Loopback servers in their own process. */
+export class Servers {
+  readonly ports: Record<string, number>;
+  #child: Child;
+
+  private constructor(child: Child, ports: Record<string, number>) {
+    this.#child = child;
+    this.ports = ports;
+  }
+
+  static async start(kinds: string[]): Promise<Servers> {
+    const child = new Child("servers", SERVERS, kinds);
+    const line = await child.waitFor((l) => l.startsWith("ready"), START_MS);
+    const ports = Object.fromEntries(
+      line.split(" ").slice(1).map((kv) => {
+        const [k, v] = kv.split("=");
+        return [k!, Number(v)];
+      }),
+    );
+    return new Servers(child, ports);
+  }
+
+  get pid(): number {
+    return this.#child.process.pid;
+  }
+
+  async stop(): Promise<void> {
+    await this.#child.stop("SIGKILL");
+  }
+}
+
+/** How to set the stack up. */
+export interface StackOptions {
+  /** Routes as in the config file. */
+  routes: unknown[];
+  /** The guest's exposes: vsock port -> loopback TCP port. */
+  exposes?: Array<{ port: number; tcpPort: number }>;
+  /** The guest's forwards: a local listener each -> host vsock port. */
+  forwards?: Array<{ port: number }>;
+  mergeable?: boolean;
+  rxBufferSize?: number;
+  queueSize?: number;
+  /** Doorbell mode: the sidecar serves the ivshmem protocol, the guest is its client. */
+  doorbell?: boolean;
+  bufAlloc?: number;
+}
+
+/** A running sidecar and guest agent. */
+export class Stack {
+  readonly sidecar: Child;
+  readonly guest: Child;
+  /** The guest's forward listener ports, in option order. */
+  readonly forwardPorts: number[];
+  #dir: string;
+
+  private constructor(
+    sidecar: Child,
+    guest: Child,
+    forwardPorts: number[],
+    dir: string,
+  ) {
+    this.sidecar = sidecar;
+    this.guest = guest;
+    this.forwardPorts = forwardPorts;
+    this.#dir = dir;
+  }
+
+  static async start(o: StackOptions): Promise<Stack> {
+    const dir = await Deno.makeTempDir({ prefix: "ivsock-bench-" });
+    const region = `/dev/shm/ivsock-bench-${Deno.pid}-${
+      Math.random().toString(36).slice(2, 8)
+    }`;
+    const socket = `${dir}/ivshmem.sock`;
+    const config = {
+      device: {
+        region,
+        size: "16MiB",
+        ...(o.doorbell ? { doorbell: { socket, vectors: 2 } } : {}),
+        ...(o.bufAlloc ? { bufAlloc: o.bufAlloc } : {}),
+      },
+      routes: o.routes,
+      admin: false,
+      log: { level: "warn" },
+      shutdownGraceMs: 0,
+    };
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
+    const sidecar = new Child(
+      "sidecar",
+      SERVE,
+      ["serve", "--config", `${dir}/config.json`, "--log-level", "info"],
+      {},
+      "stderr",
+      PROFILE_FLAGS,
+    );
+    try {
+      await sidecar.waitFor((l) => l.includes("device ready"), START_MS);
+      const guest = new Child(
+        "guest",
+        GUEST,
+        [JSON.stringify({
+          ...(o.doorbell ? { ivshmemSocket: socket } : { region }),
+          exposes: o.exposes ?? [],
+          forwards: o.forwards ?? [],
+          mergeable: o.mergeable ?? true,
+          rxBufferSize: o.rxBufferSize ?? 4096,
+          queueSize: o.queueSize ?? 256,
+        })],
+        {},
+        "stdout",
+        PROFILE_FLAGS,
+      );
+      const line = await guest.waitFor((l) => l.startsWith("ready"), START_MS)
+        .catch(async (err) => {
+          await guest.stop("SIGKILL");
+          throw err;
+        });
+      const forwards = line.split(" ").slice(1).map((kv) =>
+        Number(kv.split("=")[1])
+      );
+      return new Stack(sidecar, guest, forwards, dir);
+    } catch (err) {
+      await sidecar.stop("SIGKILL");
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw err;
+    }
+  }
+
+  /** The port a route with a TCP listener ended up on (from the sidecar's route log). */
+  async stop(): Promise<void> {
+    await this.guest.stop("SIGTERM");
+    await this.sidecar.stop("SIGTERM");
+    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Resident memory of `pid` in KiB (VmRSS). */
+export function rssKiB(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+}
+
+/** A free loopback port (closed again at once). */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Two chained socat relays in front of `port`; returns the front port. */
+export class SocatChain {
+  readonly port: number;
+  #procs: Deno.ChildProcess[];
+
+  private constructor(port: number, procs: Deno.ChildProcess[]) {
+    this.port = port;
+    this.#procs = procs;
+  }
+
+  static async start(target: number): Promise<SocatChain> {
+    const middle = freePort();
+    const front = freePort();
+    const spawn = (listen: number, to: number) =>
+      new Deno.Command("socat", {
+        args: [
+          `TCP-LISTEN:${listen},bind=127.0.0.1,fork,reuseaddr`,
+          `TCP:127.0.0.1:${to}`,
+        ],
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+    const procs = [spawn(middle, target), spawn(front, middle)];
+    for (const port of [middle, front]) await waitListening(port);
+    return new SocatChain(front, procs);
+  }
+
+  async stop(): Promise<void> {
+    for (const p of this.#procs) {
+      try {
+        p.kill("SIGKILL");
+      } catch {
+        // Gone.
+      }
+      await p.status;
+    }
+  }
+}
+
+/** Resolves once something accepts connections on `port`. */
+export async function waitListening(port: number, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port });
+      c.close();
+      return;
+    } catch {
+      if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}

@@ -1,0 +1,274 @@
+/**
+ * The whole path, each part its own process: a client, the guest agent, the
+ * region, the sidecar, a TCP server. Against the same client and server over
+ * direct TCP loopback, and (for bulk transfer) through two chained socat
+ * relays, what people run today to bridge vsock and TCP.
+ *
+ * @module
+ */
+
+import type { Scenario } from "./_harness.ts";
+import { bulk, connectRate, openIdle, pingPong, quantile } from "./_clients.ts";
+import { freePort, rssKiB, Servers, SocatChain, Stack } from "./_stack.ts";
+
+const BULK_MIB = 256;
+
+interface Variant {
+  mergeable: boolean;
+  rxBufferSize: number;
+}
+
+const VARIANTS: Variant[] = [
+  { mergeable: true, rxBufferSize: 4096 },
+  { mergeable: true, rxBufferSize: 65536 },
+  { mergeable: false, rxBufferSize: 4096 },
+  { mergeable: false, rxBufferSize: 65536 },
+];
+
+function variantName(v: Variant): string {
+  return `${v.mergeable ? "mergeable" : "one-buffer"} ${
+    v.rxBufferSize / 1024
+  } KiB rx buffers`;
+}
+
+/** Bulk throughput both ways, for each rx buffer variant. */
+export function throughputScenarios(): Scenario[] {
+  const out: Scenario[] = [];
+  for (const direction of ["guest to host", "host to guest"] as const) {
+    for (const v of VARIANTS) {
+      let servers: Servers;
+      let stack: Stack;
+      let socat: SocatChain;
+      let entry = 0;
+      out.push({
+        name: `bulk ${direction}, ${variantName(v)}, 64 KiB writes`,
+        unit: "MiB/s",
+        rounds: 3,
+        async setup() {
+          servers = await Servers.start(["sink"]);
+          const sink = servers.ports.sink!;
+          const routePort = freePort();
+          stack = await Stack.start({
+            routes: direction === "guest to host"
+              ? [{
+                name: "up",
+                from: { type: "vsock", port: 6000 },
+                to: { type: "tcp", host: "127.0.0.1", port: sink },
+              }]
+              : [{
+                name: "down",
+                from: { type: "tcp", port: routePort },
+                to: { type: "vsock", port: 9 },
+              }],
+            forwards: direction === "guest to host" ? [{ port: 6000 }] : [],
+            exposes: direction === "host to guest"
+              ? [{ port: 9, tcpPort: sink }]
+              : [],
+            mergeable: v.mergeable,
+            rxBufferSize: v.rxBufferSize,
+          });
+          entry = direction === "guest to host"
+            ? stack.forwardPorts[0]!
+            : routePort;
+          socat = await SocatChain.start(sink);
+        },
+        async teardown() {
+          await socat?.stop();
+          await stack?.stop();
+          await servers?.stop();
+        },
+        subject: () => bulk(entry, BULK_MIB),
+        baselines: [
+          {
+            name: "direct TCP loopback",
+            run: () => bulk(servers.ports.sink!, BULK_MIB),
+            target: { text: ">= 0.5x direct TCP", met: (x, b) => x >= 0.5 * b },
+          },
+          {
+            name: "two chained socat relays",
+            run: () => bulk(socat.port, BULK_MIB),
+            target: { text: ">= 1.0x chained socat", met: (x, b) => x >= b },
+          },
+        ],
+      });
+    }
+  }
+  return out;
+}
+
+/** 64-byte ping-pong round trips, p50 and p99, polling and doorbell modes. */
+export function latencyScenarios(): Scenario[] {
+  const out: Scenario[] = [];
+  for (const doorbell of [false, true]) {
+    for (const q of [0.5, 0.99]) {
+      let servers: Servers;
+      let stack: Stack;
+      let port = 0;
+      out.push({
+        name: `64-byte round trip p${q * 100}, host to guest echo, ${
+          doorbell ? "doorbell" : "polling"
+        } mode`,
+        unit: "us",
+        rounds: 3,
+        async setup() {
+          servers = await Servers.start(["echo"]);
+          port = freePort();
+          stack = await Stack.start({
+            routes: [{
+              name: "echo",
+              from: { type: "tcp", port },
+              to: { type: "vsock", port: 7 },
+            }],
+            exposes: [{ port: 7, tcpPort: servers.ports.echo! }],
+            doorbell,
+          });
+        },
+        async teardown() {
+          await stack?.stop();
+          await servers?.stop();
+        },
+        subject: async () => quantile(await pingPong(port, 2000), q),
+        baselines: [{
+          name: "direct TCP loopback round trip",
+          run: async () =>
+            quantile(await pingPong(servers.ports.echo!, 2000), q),
+          ...(q === 0.5 && !doorbell
+            ? {
+              target: {
+                text: "p50 <= 3x TCP loopback (polling)",
+                met: (x: number, b: number) => x <= 3 * b,
+              },
+            }
+            : {}),
+        }],
+      });
+    }
+  }
+  return out;
+}
+
+/** Connection setup rate host to guest, one at a time and 64 at once. */
+export function connectionScenarios(): Scenario[] {
+  return [1, 64].map((parallel) => {
+    let servers: Servers;
+    let stack: Stack;
+    let port = 0;
+    return {
+      name:
+        `connection setup host to guest (connect, 1-byte echo, close), ${parallel} at a time`,
+      unit: "conn/s",
+      rounds: 3,
+      async setup() {
+        servers = await Servers.start(["echo"]);
+        port = freePort();
+        stack = await Stack.start({
+          routes: [{
+            name: "echo",
+            from: { type: "tcp", port },
+            to: { type: "vsock", port: 7 },
+          }],
+          exposes: [{ port: 7, tcpPort: servers.ports.echo! }],
+        });
+      },
+      async teardown() {
+        await stack?.stop();
+        await servers?.stop();
+      },
+      subject: () => connectRate(port, 1000, parallel),
+      baselines: [{
+        name: "direct TCP loopback",
+        run: () => connectRate(servers.ports.echo!, 1000, parallel),
+        target: {
+          text: ">= 2000 connections/s",
+          met: (x: number) => x >= 2000,
+        },
+      }],
+    };
+  });
+}
+
+/**
+ * Memory per idle connection: 10,000 host-to-guest connections held open,
+ * the sidecar's resident memory growth divided by 10,000; against the same
+ * for a minimal Deno TCP relay holding 10,000 connections to the server.
+ */
+export function memoryScenarios(): Scenario[] {
+  const COUNT = 10_000;
+  // The relay holds two descriptors per connection, and this machine's hard
+  // limit is 20,000 per process: it gets 9,000 (the figure is per
+  // connection either way).
+  const RELAY_COUNT = 9_000;
+  let servers: Servers;
+  let stack: Stack;
+  let port = 0;
+  return [{
+    name: `sidecar memory per idle connection, ${COUNT} open`,
+    unit: "KiB",
+    rounds: 1,
+    warmUp: false,
+    async setup() {
+      servers = await Servers.start(["hold"]);
+      port = freePort();
+      stack = await Stack.start({
+        routes: [{
+          name: "idle",
+          from: { type: "tcp", port },
+          to: { type: "vsock", port: 15 },
+          limits: { maxConnections: COUNT + 100 },
+        }],
+        exposes: [{ port: 15, tcpPort: servers.ports.hold! }],
+      });
+    },
+    async teardown() {
+      await stack?.stop();
+      await servers?.stop();
+    },
+    subject: () => perConnection(stack.sidecar.process.pid, port, COUNT),
+    baselines: [{
+      name: `minimal Deno TCP relay (${RELAY_COUNT} open)`,
+      run: async () => {
+        const relayPort = freePort();
+        const relay = new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "--allow-net",
+            new URL("./_relay.ts", import.meta.url).href,
+            String(relayPort),
+            String(servers.ports.hold),
+          ],
+          stdout: "piped",
+          stderr: "inherit",
+        }).spawn();
+        const reader = relay.stdout.getReader();
+        await reader.read(); // "ready"
+        try {
+          return await perConnection(relay.pid, relayPort, RELAY_COUNT);
+        } finally {
+          relay.kill("SIGKILL");
+          await relay.status;
+          reader.releaseLock();
+          await relay.stdout.cancel();
+        }
+      },
+      target: {
+        text: "<= 16 KiB per idle connection",
+        met: (x: number) => x <= 16,
+      },
+    }],
+  }];
+}
+
+async function perConnection(
+  pid: number,
+  port: number,
+  count: number,
+): Promise<number> {
+  await new Promise((r) => setTimeout(r, 1000));
+  const before = rssKiB(pid);
+  const conns = await openIdle(port, count);
+  await new Promise((r) => setTimeout(r, 2000)); // let allocation settle
+  const after = rssKiB(pid);
+  for (const c of conns) c.close();
+  await new Promise((r) => setTimeout(r, 1000));
+  return (after - before) / count;
+}
