@@ -116,10 +116,6 @@ export class VsockConnection {
   readonly type: number;
   /** Who asked for the connection. */
   readonly initiator: "local" | "peer";
-  /** Bytes (STREAM) or one {@linkcode VsockMessage} per message (SEQPACKET). */
-  readonly readable: ReadableStream<Uint8Array>;
-  /** Bytes (STREAM) or one message per chunk (SEQPACKET; a VsockMessage with `eor` sets EOR). */
-  readonly writable: WritableStream<Uint8Array>;
   /** Settles once the connection is closed, however that happened. */
   readonly closed: Promise<CloseInfo>;
   readonly stats: ConnectionStats;
@@ -152,6 +148,11 @@ export class VsockConnection {
   #writes: PendingWrite[] = [];
   #writeClosed = false;
   #writableController: WritableStreamDefaultController | null = null;
+  #readable: ReadableStream<Uint8Array> | null = null;
+  #writable: WritableStream<Uint8Array> | null = null;
+  /** Why sending stopped early (set by #stopWriting), for late listeners. */
+  #writeStopError: { error: unknown } | null = null;
+  #writeStopped: PromiseWithResolvers<void> | null = null;
 
   constructor(
     host: ConnectionHost,
@@ -173,7 +174,16 @@ export class VsockConnection {
     this.stats = { bytesIn: 0, bytesOut: 0, createdAt: now, lastActivity: now };
     this.#recv = new ReceiveBuffer(init.type === TYPE.SEQPACKET);
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
-    this.readable = new ReadableStream<Uint8Array>(
+  }
+
+  /**
+   * Bytes (STREAM) or one {@linkcode VsockMessage} per message (SEQPACKET).
+   * Created on first use: a connection moved by {@linkcode read} alone
+   * never pays for a stream (its closures and promises were most of the
+   * sidecar's memory per idle connection). Use one or the other.
+   */
+  get readable(): ReadableStream<Uint8Array> {
+    return this.#readable ??= new ReadableStream<Uint8Array>(
       {
         pull: (controller) => this.#pull(controller),
         cancel: () => this.#cancelRead(),
@@ -182,10 +192,21 @@ export class VsockConnection {
       // against the credit we grant.
       { highWaterMark: 0 },
     );
-    this.writable = new WritableStream<Uint8Array>(
+  }
+
+  /**
+   * Bytes (STREAM) or one message per chunk (SEQPACKET; a VsockMessage with
+   * `eor` sets EOR). Created on first use, like {@linkcode readable}.
+   */
+  get writable(): WritableStream<Uint8Array> {
+    return this.#writable ??= new WritableStream<Uint8Array>(
       {
         start: (controller) => {
           this.#writableController = controller;
+          const stopped = this.#writeStopError;
+          if (stopped !== null && !this.#writeClosed) {
+            controller.error(stopped.error);
+          }
         },
         write: (chunk) => this.#write(chunk),
         close: () => this.#closeWrite(),
@@ -193,6 +214,67 @@ export class VsockConnection {
       },
       { highWaterMark: 1 },
     );
+  }
+
+  /**
+   * The next chunk (STREAM) or message (SEQPACKET), once there is one;
+   * `null` once the peer has finished sending and everything was read.
+   * Rejects with a {@linkcode VsockError} if the connection was reset. One
+   * read at a time; the direct counterpart of {@linkcode readable}.
+   */
+  async read(): Promise<Uint8Array | null> {
+    for (;;) {
+      const chunk = this.#recv.shift();
+      if (chunk !== undefined) {
+        this.#consumed(chunk.length);
+        if (this.#recv.bytes === 0) this.#maybeFinish();
+        return chunk;
+      }
+      if (this.#closeInfo !== null && this.#closeInfo.reason !== "closed") {
+        throw new VsockError(this.#closeInfo.reason, this.#closeInfo.message);
+      }
+      if (
+        (this.#peerShut & SHUTDOWN_F.SEND) || this.#state === "closed" ||
+        this.#readDone
+      ) {
+        this.#finishRead();
+        return null;
+      }
+      await new Promise<void>((resolve) => (this.#readWaiter = resolve));
+    }
+  }
+
+  /**
+   * Queues `chunk` to send; resolves once it is out, within the peer's
+   * credit. Rejects once the connection can no longer send. The direct
+   * counterpart of {@linkcode writable}; wait for each write before the next.
+   */
+  write(chunk: Uint8Array): Promise<void> {
+    return this.#write(chunk);
+  }
+
+  /** Sends SHUTDOWN(SEND) after what is queued: the end of our data. */
+  closeWrite(): void {
+    this.#closeWrite();
+  }
+
+  /** Stops reading: drops unread data and sends SHUTDOWN(RCV). */
+  cancelRead(): void {
+    this.#cancelRead();
+  }
+
+  /**
+   * Resolves when sending stopped before our own end of data (the peer shut
+   * down receiving, or the connection ended): what erroring the
+   * {@linkcode writable} tells a pipe into it, for a writer that is waiting
+   * on its own source instead.
+   */
+  get writeStopped(): Promise<void> {
+    if (this.#writeStopped === null) {
+      this.#writeStopped = Promise.withResolvers<void>();
+      if (this.#writeStopError !== null) this.#writeStopped.resolve();
+    }
+    return this.#writeStopped.promise;
   }
 
   /** The current state. */
@@ -587,30 +669,15 @@ export class VsockConnection {
   async #pull(
     controller: ReadableStreamDefaultController<Uint8Array>,
   ): Promise<void> {
-    for (;;) {
-      const chunk = this.#recv.shift();
-      if (chunk !== undefined) {
-        controller.enqueue(chunk);
-        this.#consumed(chunk.length);
-        if (this.#recv.bytes === 0) this.#maybeFinish();
-        return;
-      }
-      if (this.#closeInfo !== null && this.#closeInfo.reason !== "closed") {
-        controller.error(
-          new VsockError(this.#closeInfo.reason, this.#closeInfo.message),
-        );
-        return;
-      }
-      if (
-        (this.#peerShut & SHUTDOWN_F.SEND) || this.#state === "closed" ||
-        this.#readDone
-      ) {
-        controller.close();
-        this.#finishRead();
-        return;
-      }
-      await new Promise<void>((resolve) => (this.#readWaiter = resolve));
+    let chunk: Uint8Array | null;
+    try {
+      chunk = await this.read();
+    } catch (err) {
+      controller.error(err);
+      return;
     }
+    if (chunk === null) controller.close();
+    else controller.enqueue(chunk);
   }
 
   #wakeReader(): void {
@@ -752,7 +819,11 @@ export class VsockConnection {
     const writes = this.#writes;
     this.#writes = [];
     for (const w of writes) w.reject(err);
-    if (!this.#writeClosed) this.#writableController?.error(err);
+    if (this.#writeStopError === null && !this.#writeClosed) {
+      this.#writeStopError = { error: err };
+      this.#writableController?.error(err);
+      this.#writeStopped?.resolve();
+    }
   }
 
   #closedError(): VsockError {

@@ -31,6 +31,9 @@ import { VsockMessage } from "./vsock_message.ts";
  */
 export const MIN_CHUNK = 4096;
 
+/** The message ring of every STREAM buffer: never pushed to. */
+const NO_MESSAGES = new MessageRing();
+
 /** Where a packet's payload is copied from (an `InboundPacket`). */
 export interface PayloadSource {
   /** Copies the payload into `dest` at `at`; returns the bytes copied. */
@@ -51,12 +54,15 @@ export class ReceiveBuffer {
   #tailUsed = 0;
   #headUsed = 0;
   /** SEQPACKET: finished messages. */
-  #messages = new MessageRing();
+  #messages: MessageRing;
   /** SEQPACKET: bytes of the message being assembled (already in chunks). */
   #partBytes = 0;
 
   constructor(seqpacket: boolean) {
     this.seqpacket = seqpacket;
+    // A STREAM connection never queues messages: it shares one empty ring
+    // instead of holding its own typed arrays.
+    this.#messages = seqpacket ? new MessageRing() : NO_MESSAGES;
   }
 
   /** Pieces held: STREAM chunks, or SEQPACKET messages (finished or not). */
@@ -106,7 +112,7 @@ export class ReceiveBuffer {
     this.#chunks = [];
     this.#tailUsed = 0;
     this.#headUsed = 0;
-    this.#messages.clear();
+    if (this.seqpacket) this.#messages.clear();
     this.#partBytes = 0;
     this.bytes = 0;
     return n;
