@@ -23,13 +23,7 @@ import { VsockEngine } from "../device/vsock/engine.ts";
 import type { VsockListener } from "../device/vsock/listener.ts";
 import { DriverEnginePort } from "../device/vsock/transport_ports.ts";
 import { bridge } from "../proxy/bridge.ts";
-import {
-  acceptEach,
-  closeQuietly,
-  connectTcp,
-  tcpReadable,
-  tcpWritable,
-} from "../proxy/tcp_streams.ts";
+import { acceptEach, closeQuietly, connectTcp } from "../proxy/tcp_streams.ts";
 
 /** Where a guest-local service listens. */
 export type LocalTarget =
@@ -212,11 +206,7 @@ export class GuestAgent {
 
   #track(vsock: VsockConnection, local: Deno.TcpConn | Deno.UnixConn): void {
     if ("setNoDelay" in local) local.setNoDelay(true);
-    const b = bridge(vsock, {
-      readable: tcpReadable(local),
-      writable: tcpWritable(local),
-      close: () => closeQuietly(local),
-    });
+    const b = bridge(vsock, local);
     const done = b.done.finally(() => this.#bridges.delete(done));
     this.#bridges.add(done);
   }

@@ -1,29 +1,27 @@
 /**
- * Joins a vsock connection to another byte stream (a TCP connection), both
+ * Joins a vsock connection to a socket (a TCP or UNIX connection), both
  * ways, keeping each direction's backpressure, half-close and resets:
  *
- * - other -> vsock: `pipeTo` only reads the other side when the vsock
- *   writable has taken the previous chunk, which it does only within the
- *   guest's credit: no credit, no reading.
- * - vsock -> other: the vsock readable is pulled only when the other side
- *   accepted the previous chunk, and unread vsock data withholds credit.
- * - the end of one side's input (TCP FIN, vsock SHUTDOWN(SEND)) closes the
- *   other side's output (SHUTDOWN(SEND), FIN); the other direction goes on.
- * - an error on either side (TCP reset, vsock RST) aborts the other: a vsock
- *   RST closes the TCP connection at once, a TCP reset sends RST.
+ * - socket -> vsock: the socket is read only when the vsock connection has
+ *   sent the previous chunk, which it does only within the guest's credit:
+ *   no credit, no reading.
+ * - vsock -> socket: the vsock connection is read only when the socket took
+ *   the previous chunk, and unread vsock data withholds credit.
+ * - the end of one side's input (FIN, vsock SHUTDOWN(SEND)) closes the other
+ *   side's output (SHUTDOWN(SEND), FIN); the other direction goes on.
+ * - an error on either side (a socket reset, a vsock RST) ends the other: a
+ *   vsock RST closes the socket at once, a socket reset sends RST.
+ *
+ * Bytes move by two plain loops over `VsockConnection.read()`/`write()` and
+ * the socket's reads and writes, not by Web Streams and `pipeTo`: their
+ * closures and promises were most of the sidecar's memory per idle
+ * connection (docs/performance.md).
  *
  * @module
  */
 
 import type { VsockConnection } from "../device/vsock/connection.ts";
-
-/** The non-vsock side of a bridge. */
-export interface Peer {
-  readable: ReadableStream<Uint8Array>;
-  writable: WritableStream<Uint8Array>;
-  /** Closes the underlying resource (called once both directions are done). */
-  close(): void;
-}
+import { ChunkReader, closeQuietly, writeAll } from "./tcp_streams.ts";
 
 /** How a bridged connection ended. */
 export type BridgeOutcome =
@@ -50,40 +48,112 @@ export interface BridgeOptions {
   idleTimeoutMs?: number;
 }
 
-/** Starts moving bytes between `conn` and `peer`. */
+/** Starts moving bytes between `conn` and `socket`. */
 export function bridge(
   conn: VsockConnection,
-  peer: Peer,
+  socket: Deno.Conn,
   options: BridgeOptions = {},
 ): Bridge {
   let outcome: BridgeOutcome | null = null;
   const decide = (o: BridgeOutcome) => {
     outcome ??= o;
   };
-  const toGuest = peer.readable.pipeTo(conn.writable).then(
-    () => {},
-    () =>
-      decide(
-        conn.closeInfo?.reason === "ECONNRESET"
-          ? "reset-by-guest"
-          : "reset-by-peer",
-      ),
-  );
-  const fromGuest = conn.readable.pipeTo(peer.writable).then(
-    () => {},
-    () => {
-      const reason = conn.closeInfo?.reason;
-      const byGuest = reason === "ECONNRESET" || reason === "EPROTO";
-      const first = outcome === null;
-      decide(byGuest ? "reset-by-guest" : "reset-by-peer");
-      // The other side could not take the bytes: it reset or went away.
-      // Cancelling the readable (what pipeTo does) would only send
-      // SHUTDOWN(RCV), and the other side's reads, its reset already
-      // reported to the failed write, would then end in a plain EOF: the
-      // guest would see a graceful close. Send RST instead.
-      if (first && !byGuest) conn.reset("the other side failed");
-    },
-  );
+  /** How the vsock side's failure counts: the guest's doing, or ours. */
+  const vsockFailure = (): BridgeOutcome => {
+    const reason = conn.closeInfo?.reason;
+    return reason === "ECONNRESET" || reason === "EPROTO"
+      ? "reset-by-guest"
+      : "reset-by-peer";
+  };
+  let socketClosed = false;
+  const closeSocket = () => {
+    if (socketClosed) return;
+    socketClosed = true;
+    closeQuietly(socket);
+  };
+
+  const toGuest = (async () => {
+    const reader = new ChunkReader(socket);
+    // Sending may stop while the socket is quiet (the guest shut down
+    // receiving, or reset): then stop waiting for the socket.
+    const stopped = conn.writeStopped.then(() => undefined);
+    for (;;) {
+      const reading = reader.read();
+      let chunk: Uint8Array | null | undefined;
+      try {
+        chunk = await Promise.race([reading, stopped]);
+      } catch {
+        // The socket failed (a reset), or we closed it because the vsock
+        // side failed first.
+        if (!socketClosed) {
+          decide("reset-by-peer");
+          conn.reset("writer aborted: the socket failed");
+        }
+        return;
+      }
+      if (chunk === undefined) {
+        // The read stays pending until the socket is closed.
+        reading.catch(() => {});
+        decide(
+          conn.closeInfo?.reason === "ECONNRESET"
+            ? "reset-by-guest"
+            : "reset-by-peer",
+        );
+        return;
+      }
+      if (chunk === null) {
+        conn.closeWrite();
+        return;
+      }
+      try {
+        await conn.write(chunk);
+      } catch {
+        decide(
+          conn.closeInfo?.reason === "ECONNRESET"
+            ? "reset-by-guest"
+            : "reset-by-peer",
+        );
+        return;
+      }
+    }
+  })();
+
+  const fromGuest = (async () => {
+    for (;;) {
+      let chunk: Uint8Array | null;
+      try {
+        chunk = await conn.read();
+      } catch {
+        // The guest reset (or broke the protocol): close the socket now,
+        // which also ends a read pending in the other direction.
+        decide(vsockFailure());
+        closeSocket();
+        return;
+      }
+      if (chunk === null) {
+        try {
+          await socket.closeWrite();
+        } catch {
+          // Already closed by the other direction: nothing left to finish.
+        }
+        return;
+      }
+      try {
+        await writeAll(socket, chunk);
+      } catch {
+        // The socket could not take the bytes: it reset or went away. Stop
+        // reading, and send RST rather than only SHUTDOWN(RCV): otherwise
+        // the guest's reads would end in a plain EOF, and the guest would
+        // take the cut for a graceful close.
+        const byGuest = vsockFailure() === "reset-by-guest";
+        const first = outcome === null;
+        decide(byGuest ? "reset-by-guest" : "reset-by-peer");
+        conn.cancelRead();
+        if (first && !byGuest) conn.reset("the other side failed");
+        return;
+      }
+    }
+  })();
 
   let idleTimer: ReturnType<typeof setInterval> | undefined;
   const idle = options.idleTimeoutMs ?? 0;
@@ -101,12 +171,12 @@ export function bridge(
     if (shutDown) return;
     shutDown = true;
     conn.close();
-    peer.close();
+    closeSocket();
   };
 
   const done = Promise.all([toGuest, fromGuest]).then(async () => {
     clearInterval(idleTimer);
-    peer.close();
+    closeSocket();
     if (conn.state !== "closed") {
       // Both directions finished; the vsock close completes with the
       // guest's RST (or our own after the close timeout).
@@ -125,7 +195,7 @@ export function bridge(
     reset() {
       decide("reset-by-admin");
       conn.reset("reset by the administrator");
-      peer.close();
+      closeSocket();
     },
   };
 }

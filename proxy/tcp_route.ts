@@ -8,12 +8,7 @@
 import { VsockError } from "../device/vsock/errors.ts";
 import { bridge } from "./bridge.ts";
 import { hostPort, RouteRuntime } from "./route_runtime.ts";
-import {
-  acceptEach,
-  closeQuietly,
-  tcpReadable,
-  tcpWritable,
-} from "./tcp_streams.ts";
+import { acceptEach, closeQuietly } from "./tcp_streams.ts";
 
 /** TCP listener -> guest vsock port. */
 export class TcpRoute extends RouteRuntime {
@@ -100,11 +95,9 @@ export class TcpRoute extends RouteRuntime {
       this.cancelled(pc);
       return;
     }
-    const b = bridge(vsock, {
-      readable: tcpReadable(tcp),
-      writable: tcpWritable(tcp),
-      close: () => closeQuietly(tcp),
-    }, { idleTimeoutMs: this.spec.limits.idleTimeoutMs });
+    const b = bridge(vsock, tcp, {
+      idleTimeoutMs: this.spec.limits.idleTimeoutMs,
+    });
     pc.bind(vsock, b.close, b.reset);
     this.track(pc, b.done);
   }

@@ -1,12 +1,12 @@
 /**
- * Web Streams over a TCP connection that keep TCP's half-close.
+ * TCP (and UNIX socket) helpers for the bridges: reading in chunks sized to
+ * the traffic, writing a whole chunk, connecting with a timeout, accepting
+ * without letting one client stop a listener.
  *
+ * They use `conn.read()`, `conn.write()` and `closeWrite()` directly:
  * Deno's own `conn.readable` closes the whole resource when it reaches EOF
  * and `conn.writable`'s close closes it too, so neither can carry "the
- * client is done sending but still reading" (verified on Deno 2.9). These
- * read with `conn.read()`, write with `conn.write()`, and turn closing the
- * writable into `closeWrite()` (a FIN); the connection itself is closed by
- * whoever owns it once both directions are finished.
+ * client is done sending but still reading" (verified on Deno 2.9).
  *
  * @module
  */
@@ -16,7 +16,7 @@ import type { LogFn } from "../device/log.ts";
 /** Most bytes read per `read()`: one vsock packet's worth. */
 const READ_SIZE = 64 * 1024;
 /** Fewest: what an idle connection's pending read holds. */
-const MIN_READ_SIZE = 2048;
+const MIN_READ_SIZE = 1024;
 /** Reads of at most a quarter of the buffer in a row before it halves. */
 const SHRINK_AFTER = 8;
 
@@ -26,60 +26,52 @@ const SHRINK_AFTER = 8;
  */
 const ACCEPT_RETRY_MS = 100;
 
-/** A readable of the bytes the peer sends; ends at its FIN. */
-export function tcpReadable(conn: Deno.Conn): ReadableStream<Uint8Array> {
-  // One read buffer per stream, sized to the traffic: it starts small and
-  // doubles while reads fill it, up to a vsock packet's worth, and halves
-  // after a run of small reads. A pending read holds its buffer for as long
-  // as the peer is quiet, so an idle connection costs about MIN_READ_SIZE
-  // bytes, not 64 KiB (which was most of the sidecar's memory per idle
-  // connection). Each chunk handed on is a copy of exactly what arrived,
-  // since it may be held until the vsock side has credit for it: measured
-  // faster for bulk transfers than a fresh buffer per read, handed on as it
-  // is (about 200 against 165 MiB/s host to guest).
-  let buf = new Uint8Array(MIN_READ_SIZE);
-  let small = 0;
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const n = await conn.read(buf);
-      if (n === null) {
-        controller.close();
-        return;
+/**
+ * Reads a connection in chunks sized to the traffic, through one buffer:
+ * it starts small and doubles while reads fill it, up to a vsock packet's
+ * worth, and halves after a run of small reads. A pending read holds its
+ * buffer for as long as the peer is quiet, so an idle connection costs about
+ * MIN_READ_SIZE bytes, not 64 KiB (which was most of the sidecar's memory
+ * per idle connection). Each chunk is a copy of exactly what arrived, since
+ * it may be held until the vsock side has credit for it: measured faster
+ * for bulk transfers than a fresh buffer per read, handed on as it is
+ * (about 200 against 165 MiB/s host to guest).
+ */
+export class ChunkReader {
+  #conn: Deno.Conn;
+  #buf = new Uint8Array(MIN_READ_SIZE);
+  #small = 0;
+
+  constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+  }
+
+  /** The next chunk, or null at the peer's FIN. Rejects on a reset. */
+  async read(): Promise<Uint8Array | null> {
+    const buf = this.#buf;
+    const n = await this.#conn.read(buf);
+    if (n === null) return null;
+    const chunk = buf.slice(0, n);
+    if (n === buf.length && buf.length < READ_SIZE) {
+      this.#buf = new Uint8Array(buf.length * 2);
+      this.#small = 0;
+    } else if (n <= buf.length >> 2 && buf.length > MIN_READ_SIZE) {
+      if (++this.#small >= SHRINK_AFTER) {
+        this.#buf = new Uint8Array(buf.length >> 1);
+        this.#small = 0;
       }
-      controller.enqueue(buf.slice(0, n));
-      if (n === buf.length && buf.length < READ_SIZE) {
-        buf = new Uint8Array(buf.length * 2);
-        small = 0;
-      } else if (n <= buf.length >> 2 && buf.length > MIN_READ_SIZE) {
-        if (++small >= SHRINK_AFTER) {
-          buf = new Uint8Array(buf.length >> 1);
-          small = 0;
-        }
-      } else small = 0;
-    },
-  }, { highWaterMark: 0 });
+    } else this.#small = 0;
+    return chunk;
+  }
 }
 
-/** A writable into the connection; closing it sends FIN (half-close). */
-export function tcpWritable(conn: Deno.Conn): WritableStream<Uint8Array> {
-  return new WritableStream<Uint8Array>({
-    async write(chunk) {
-      let at = 0;
-      while (at < chunk.length) at += await conn.write(chunk.subarray(at));
-    },
-    async close() {
-      try {
-        await conn.closeWrite();
-      } catch {
-        // Already closed by the other direction: nothing left to finish.
-      }
-    },
-    abort() {
-      // The vsock side failed (a reset): close the socket now. That also
-      // ends a read pending in the other direction, so the bridge ends.
-      closeQuietly(conn);
-    },
-  }, { highWaterMark: 1 });
+/** Writes all of `chunk` to `conn`. */
+export async function writeAll(
+  conn: Deno.Conn,
+  chunk: Uint8Array,
+): Promise<void> {
+  let at = 0;
+  while (at < chunk.length) at += await conn.write(chunk.subarray(at));
 }
 
 /** Closes a connection, ignoring "already closed". */

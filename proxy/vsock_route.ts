@@ -11,12 +11,7 @@ import type { VsockConnection } from "../device/vsock/connection.ts";
 import type { VsockListener } from "../device/vsock/listener.ts";
 import { bridge } from "./bridge.ts";
 import { hostPort, RouteRuntime } from "./route_runtime.ts";
-import {
-  closeQuietly,
-  connectTcp,
-  tcpReadable,
-  tcpWritable,
-} from "./tcp_streams.ts";
+import { closeQuietly, connectTcp } from "./tcp_streams.ts";
 
 /** Guest vsock port -> TCP target. */
 export class VsockRoute extends RouteRuntime {
@@ -92,11 +87,9 @@ export class VsockRoute extends RouteRuntime {
       return;
     }
     tcp.setNoDelay(true);
-    const b = bridge(vsock, {
-      readable: tcpReadable(tcp),
-      writable: tcpWritable(tcp),
-      close: () => closeQuietly(tcp),
-    }, { idleTimeoutMs: this.spec.limits.idleTimeoutMs });
+    const b = bridge(vsock, tcp, {
+      idleTimeoutMs: this.spec.limits.idleTimeoutMs,
+    });
     pc.bind(vsock, b.close, b.reset);
     this.track(pc, b.done);
   }
