@@ -150,8 +150,13 @@ export class VsockConnection {
   #writableController: WritableStreamDefaultController | null = null;
   #readable: ReadableStream<Uint8Array> | null = null;
   #writable: WritableStream<Uint8Array> | null = null;
-  /** Why sending stopped early (set by #stopWriting), for late listeners. */
-  #writeStopError: { error: unknown } | null = null;
+  /**
+   * Makes the error saying why sending stopped early (set by #stopWriting),
+   * for a writable created later. Errors are made only when someone will
+   * see them: building one (its stack trace) on every close showed in the
+   * connection-rate profile.
+   */
+  #writeStopError: (() => unknown) | null = null;
   #writeStopped: PromiseWithResolvers<void> | null = null;
 
   constructor(
@@ -205,7 +210,7 @@ export class VsockConnection {
           this.#writableController = controller;
           const stopped = this.#writeStopError;
           if (stopped !== null && !this.#writeClosed) {
-            controller.error(stopped.error);
+            controller.error(stopped());
           }
         },
         write: (chunk) => this.#write(chunk),
@@ -524,7 +529,9 @@ export class VsockConnection {
     this.#peerShut |= flags;
     if ((flags & SHUTDOWN_F.RCV) && !(before & SHUTDOWN_F.RCV)) {
       // The peer reads no more: what we have not sent never will be.
-      this.#stopWriting(new VsockError("EPIPE", "peer shut down receiving"));
+      this.#stopWriting(() =>
+        new VsockError("EPIPE", "peer shut down receiving")
+      );
       this.#writeClosed = true;
     }
     if (flags & SHUTDOWN_F.SEND) this.#wakeReader();
@@ -815,13 +822,15 @@ export class VsockConnection {
    * once, so that a pipe into it (from a TCP socket that is quiet right
    * now) learns it should stop instead of waiting for its next chunk.
    */
-  #stopWriting(err: unknown): void {
+  #stopWriting(makeError: () => unknown): void {
+    let error: unknown;
+    const err = () => (error ??= makeError());
     const writes = this.#writes;
     this.#writes = [];
-    for (const w of writes) w.reject(err);
+    for (const w of writes) w.reject(err());
     if (this.#writeStopError === null && !this.#writeClosed) {
-      this.#writeStopError = { error: err };
-      this.#writableController?.error(err);
+      this.#writeStopError = err;
+      this.#writableController?.error(err());
       this.#writeStopped?.resolve();
     }
   }
@@ -847,13 +856,15 @@ export class VsockConnection {
     // A connect() still waiting learns why, whichever path ended it.
     const connecting = this.#onEstablished;
     this.#onEstablished = null;
-    connecting?.(
-      new VsockError(
-        info.reason === "closed" ? "ECONNABORTED" : info.reason,
-        info.message,
-      ),
-    );
-    this.#stopWriting(this.#closedError());
+    if (connecting !== null) {
+      connecting(
+        new VsockError(
+          info.reason === "closed" ? "ECONNABORTED" : info.reason,
+          info.message,
+        ),
+      );
+    }
+    this.#stopWriting(() => this.#closedError());
     if (!orderly) this.#recv.clear();
     this.#wakeReader();
     this.#resolveClosed(info);
