@@ -78,7 +78,9 @@ export function bridge(
     // receiving, or reset): then stop waiting for the socket.
     const stopped = conn.writeStopped.then(() => undefined);
     for (;;) {
-      const reading = reader.read();
+      // A view of the reader's buffer: `conn.write()` resolves only once
+      // the bytes are copied into the ring, before the next read reuses it.
+      const reading = reader.readView();
       let chunk: Uint8Array | null | undefined;
       try {
         chunk = await Promise.race([reading, stopped]);

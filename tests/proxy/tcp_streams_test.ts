@@ -39,3 +39,23 @@ Deno.test("ChunkReader starts with small reads, grows them to 64 KiB for bulk da
   assert(sizes[0]! <= 1024, `first read ${sizes[0]} bytes, at most 1 KiB`);
   assertEquals(Math.max(...sizes), 64 * 1024, "bulk reads reach 64 KiB");
 });
+
+Deno.test("ChunkReader.readView() returns views of the reader's own buffer, which the next read reuses", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const server = await listener.accept();
+  const reader = new ChunkReader(conn);
+  await server.write(new Uint8Array([1, 2, 3]));
+  const first = (await reader.readView())!;
+  assertEquals([...first], [1, 2, 3]);
+  await server.write(new Uint8Array([9]));
+  const second = (await reader.readView())!;
+  assertEquals([...second], [9]);
+  assertEquals(second.buffer, first.buffer, "the same buffer, reused");
+  assertEquals(first[0], 9, "the first view now shows the second read");
+  server.close();
+  assertEquals(await reader.readView(), null);
+  conn.close();
+  listener.close();
+});
