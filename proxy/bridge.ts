@@ -65,6 +65,11 @@ export function bridge(
       ? "reset-by-guest"
       : "reset-by-peer";
   };
+  /** How sending's failure counts: only a guest reset is the guest's. */
+  const sendFailure = (): BridgeOutcome =>
+    conn.closeInfo?.reason === "ECONNRESET"
+      ? "reset-by-guest"
+      : "reset-by-peer";
   let socketClosed = false;
   const closeSocket = () => {
     if (socketClosed) return;
@@ -96,11 +101,7 @@ export function bridge(
       if (chunk === undefined) {
         // The read stays pending until the socket is closed.
         reading.catch(() => {});
-        decide(
-          conn.closeInfo?.reason === "ECONNRESET"
-            ? "reset-by-guest"
-            : "reset-by-peer",
-        );
+        decide(sendFailure());
         return;
       }
       if (chunk === null) {
@@ -110,11 +111,7 @@ export function bridge(
       try {
         await conn.write(chunk);
       } catch {
-        decide(
-          conn.closeInfo?.reason === "ECONNRESET"
-            ? "reset-by-guest"
-            : "reset-by-peer",
-        );
+        decide(sendFailure());
         return;
       }
     }
