@@ -117,7 +117,7 @@ export function openApiDocument(): Record<string, unknown> {
         },
         put: {
           summary:
-            "Replace a route (changing only `enabled` keeps its listener and connections)",
+            "Update a route: fields left out keep their values, the read-only fields GET adds are ignored (changing only `enabled` keeps its listener and connections)",
           requestBody: { required: true, ...json("RouteInput", "the route") },
           responses: {
             200: json("Route", "replaced"),
