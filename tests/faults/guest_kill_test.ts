@@ -6,19 +6,9 @@
  * attaches to the same region and new connections work.
  */
 import { assert, assertEquals, assertMatch } from "../../dev_deps.ts";
-import {
-  freePort,
-  Stack,
-  waitUntil,
-  within,
-} from "../_support/process_stack.ts";
-import {
-  checkedService,
-  kinds,
-  spec,
-  startClient,
-  waitMoved,
-} from "./_traffic.ts";
+import { waitUntil, within } from "../_support/process_stack.ts";
+import { kinds, spec, startClient, waitMoved } from "./_traffic.ts";
+import { twoWayStack } from "./_two_way_stack.ts";
 
 /** The device's driver timeout in this test (the default is 3000). */
 const DRIVER_TIMEOUT_MS = 1000;
@@ -27,27 +17,8 @@ Deno.test({
   name:
     "a guest agent killed mid-transfer: host-side connections end after the driver timeout, and a new guest agent process serves new connections",
   async fn() {
-    const guestService = await checkedService();
-    const hostTarget = await checkedService();
-    const h2gPort = freePort();
-    const fwdPort = freePort();
-    const stack = await Stack.create({
-      routes: [
-        {
-          name: "h2g",
-          from: { type: "tcp", host: "127.0.0.1", port: h2gPort },
-          to: { type: "vsock", port: 5000 },
-        },
-        {
-          name: "g2h",
-          from: { type: "vsock", port: 6000 },
-          to: { type: "tcp", host: "127.0.0.1", port: hostTarget.port },
-        },
-      ],
-      exposes: [`5000=127.0.0.1:${guestService.port}`],
-      forwards: [`127.0.0.1:${fwdPort}=6000`],
-      driverTimeoutMs: DRIVER_TIMEOUT_MS,
-    });
+    const t = await twoWayStack({ driverTimeoutMs: DRIVER_TIMEOUT_MS });
+    const { stack, guestService, hostTarget, h2gPort, fwdPort } = t;
     try {
       const serve = await stack.startServe();
       const first = await stack.startGuest();
@@ -134,9 +105,7 @@ Deno.test({
       assertEquals(second.lines.some((l) => / ERROR /.test(l)), false);
       assertEquals(serve.lines.some((l) => / ERROR /.test(l)), false);
     } finally {
-      await stack.close();
-      await guestService.close();
-      await hostTarget.close();
+      await t.close();
     }
   },
 });

@@ -14,44 +14,16 @@ import {
 } from "../../dev_deps.ts";
 import { parseConfig } from "../../config/load.ts";
 import { Sidecar } from "../../proxy/sidecar.ts";
-import {
-  freePort,
-  Stack,
-  waitUntil,
-  within,
-} from "../_support/process_stack.ts";
-import {
-  checkedService,
-  kinds,
-  spec,
-  startClient,
-  waitMoved,
-} from "./_traffic.ts";
+import { waitUntil, within } from "../_support/process_stack.ts";
+import { kinds, spec, startClient, waitMoved } from "./_traffic.ts";
+import { twoWayStack } from "./_two_way_stack.ts";
 
 Deno.test({
   name:
     "a region file removed under a running sidecar and guest: traffic goes on, both log it, /readyz reports it, and a restarted sidecar's new region is picked up by the guest",
   async fn() {
-    const guestService = await checkedService();
-    const hostTarget = await checkedService();
-    const h2gPort = freePort();
-    const fwdPort = freePort();
-    const stack = await Stack.create({
-      routes: [
-        {
-          name: "h2g",
-          from: { type: "tcp", host: "127.0.0.1", port: h2gPort },
-          to: { type: "vsock", port: 5000 },
-        },
-        {
-          name: "g2h",
-          from: { type: "vsock", port: 6000 },
-          to: { type: "tcp", host: "127.0.0.1", port: hostTarget.port },
-        },
-      ],
-      exposes: [`5000=127.0.0.1:${guestService.port}`],
-      forwards: [`127.0.0.1:${fwdPort}=6000`],
-    });
+    const t = await twoWayStack();
+    const { stack, guestService, hostTarget, h2gPort, fwdPort } = t;
     try {
       const serve = await stack.startServe();
       const guest = await stack.startGuest();
@@ -121,9 +93,7 @@ Deno.test({
         "no error in the guest's log",
       );
     } finally {
-      await stack.close();
-      await guestService.close();
-      await hostTarget.close();
+      await t.close();
     }
   },
 });

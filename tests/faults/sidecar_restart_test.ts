@@ -6,67 +6,13 @@
  * ones work through every route.
  */
 import { assert, assertEquals, assertNotEquals } from "../../dev_deps.ts";
-import {
-  freePort,
-  Stack,
-  waitUntil,
-  within,
-} from "../_support/process_stack.ts";
-import {
-  checkedService,
-  kinds,
-  spec,
-  startClient,
-  waitMoved,
-} from "./_traffic.ts";
-
-/** Routes both ways: host TCP -> guest vsock 5000, guest vsock 6000 -> host TCP. */
-async function twoWayStack() {
-  const guestService = await checkedService();
-  const hostTarget = await checkedService();
-  const h2gPort = freePort();
-  const fwdPort = freePort();
-  const stack = await Stack.create({
-    routes: [
-      {
-        name: "h2g",
-        from: { type: "tcp", host: "127.0.0.1", port: h2gPort },
-        to: { type: "vsock", port: 5000 },
-      },
-      {
-        name: "g2h",
-        from: { type: "vsock", port: 6000 },
-        to: { type: "tcp", host: "127.0.0.1", port: hostTarget.port },
-      },
-    ],
-    exposes: [`5000=127.0.0.1:${guestService.port}`],
-    forwards: [`127.0.0.1:${fwdPort}=6000`],
-  });
-  return {
-    stack,
-    guestService,
-    hostTarget,
-    h2gPort,
-    fwdPort,
-    /** Waits until no service session is open on either side. */
-    allSessionsEnded: () =>
-      waitUntil(
-        () => guestService.open === 0 && hostTarget.open === 0,
-        10_000,
-        () =>
-          `service sessions to end (guest ${guestService.open}, host ${hostTarget.open})`,
-      ),
-    async close() {
-      await stack.close();
-      await guestService.close();
-      await hostTarget.close();
-    },
-  };
-}
+import { within } from "../_support/process_stack.ts";
+import { kinds, spec, startClient, waitMoved } from "./_traffic.ts";
+import { type TwoWayStack, twoWayStack } from "./_two_way_stack.ts";
 
 /** Runs one clean transfer each way and expects both to check out. */
 async function bothWaysWork(
-  t: Awaited<ReturnType<typeof twoWayStack>>,
+  t: TwoWayStack,
   bytes = 2 << 20,
 ): Promise<void> {
   const fresh = [

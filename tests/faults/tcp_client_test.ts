@@ -11,8 +11,9 @@
 import { assertEquals } from "../../dev_deps.ts";
 import { openSocket } from "../_support/checked_transfer.ts";
 import { type Child } from "../_support/child.ts";
-import { freePort, Stack, within } from "../_support/process_stack.ts";
-import { checkedService, kinds, spec, startClient } from "./_traffic.ts";
+import { within } from "../_support/process_stack.ts";
+import { kinds, spec, startClient } from "./_traffic.ts";
+import { twoWayStack } from "./_two_way_stack.ts";
 
 /** Pauses `child`, connects and resets `n` clients to `port`, resumes it. */
 async function resetWhilePaused(
@@ -33,27 +34,8 @@ Deno.test({
   name:
     "clients that reset while waiting to be accepted stop neither a route nor a guest forward from accepting",
   async fn() {
-    const guestService = await checkedService();
-    const hostTarget = await checkedService();
-    const h2gPort = freePort();
-    const fwdPort = freePort();
-    const stack = await Stack.create({
-      routes: [
-        {
-          name: "h2g",
-          from: { type: "tcp", host: "127.0.0.1", port: h2gPort },
-          to: { type: "vsock", port: 5000 },
-        },
-        {
-          name: "g2h",
-          from: { type: "vsock", port: 6000 },
-          to: { type: "tcp", host: "127.0.0.1", port: hostTarget.port },
-        },
-      ],
-      exposes: [`5000=127.0.0.1:${guestService.port}`],
-      forwards: [`127.0.0.1:${fwdPort}=6000`],
-      driverTimeoutMs: 3000,
-    });
+    const t = await twoWayStack({ driverTimeoutMs: 3000 });
+    const { stack, h2gPort, fwdPort } = t;
     try {
       const serve = await stack.startServe();
       const guest = await stack.startGuest();
@@ -72,9 +54,7 @@ Deno.test({
       ]);
       await stack.waitNoConnections();
     } finally {
-      await stack.close();
-      await guestService.close();
-      await hostTarget.close();
+      await t.close();
     }
   },
 });
