@@ -129,6 +129,27 @@ const ERRNO_NAMES: Record<number, string> = {
 };
 
 /** errno of the last failed synchronous call on this thread. */
+/**
+ * `mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`: the one
+ * mapping every region and register window uses. Returns null on failure,
+ * with errno set.
+ */
+export function mapShared(fd: number, size: number): Deno.PointerObject | null {
+  const ptr = libc().mmap(
+    null,
+    BigInt(size),
+    PROT_READ | PROT_WRITE,
+    MAP_SHARED,
+    fd,
+    0n,
+  );
+  // MAP_FAILED is (void *)-1.
+  if (ptr === null || Deno.UnsafePointer.value(ptr) === 0xffffffffffffffffn) {
+    return null;
+  }
+  return ptr;
+}
+
 export function errno(): number {
   const p = libc().__errno_location();
   return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();

@@ -12,11 +12,9 @@ import {
   describeErrno,
   errno,
   libc,
-  MAP_SHARED,
+  mapShared,
   O_CLOEXEC,
   O_RDWR,
-  PROT_READ,
-  PROT_WRITE,
   SEEK_END,
 } from "./_libc.ts";
 import { ShmError } from "./shm_file.ts";
@@ -60,15 +58,8 @@ export class RegisterWindow {
     }
     const end = c.lseek(fd, 0n, SEEK_END);
     const size = end > 0n ? Math.min(Number(end), PAGE) : PAGE;
-    const ptr = c.mmap(
-      null,
-      BigInt(PAGE),
-      PROT_READ | PROT_WRITE,
-      MAP_SHARED,
-      fd,
-      0n,
-    );
-    if (ptr === null || Deno.UnsafePointer.value(ptr) === 0xffffffffffffffffn) {
+    const ptr = mapShared(fd, PAGE);
+    if (ptr === null) {
       const e = errno();
       c.close(fd);
       throw new ShmError(`Cannot map registers ${path}: ${describeErrno(e)}`);

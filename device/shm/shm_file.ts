@@ -14,13 +14,11 @@ import {
   libc,
   LOCK_EX,
   LOCK_NB,
-  MAP_SHARED,
+  mapShared,
   O_CLOEXEC,
   O_CREAT,
   O_EXCL,
   O_RDWR,
-  PROT_READ,
-  PROT_WRITE,
   SEEK_END,
 } from "./_libc.ts";
 import { checkRegionSize, Region } from "./region.ts";
@@ -179,22 +177,12 @@ export function mapFile(
       }
       checkRegionSize(size);
     }
-    const ptr = c.mmap(
-      null,
-      BigInt(size),
-      PROT_READ | PROT_WRITE,
-      MAP_SHARED,
-      fd,
-      0n,
-    );
-    // MAP_FAILED is (void *)-1.
-    if (ptr === null || Deno.UnsafePointer.value(ptr) === 0xffffffffffffffffn) {
+    const ptr = mapShared(fd, size);
+    if (ptr === null) {
       const e = errno();
       throw new ShmError(
         `Cannot map region file ${path}: ${describeErrno(e)}`,
-        {
-          code: errnoCode(e),
-        },
+        { code: errnoCode(e) },
       );
     }
     return new MappedFile(path, fd, ptr, size, created);
@@ -236,16 +224,8 @@ export function mapFd(fd: number, name: string): MappedFile {
   try {
     const size = fileSize(fd, name);
     checkRegionSize(size);
-    const ptr = c.mmap(
-      null,
-      BigInt(size),
-      PROT_READ | PROT_WRITE,
-      MAP_SHARED,
-      fd,
-      0n,
-    );
-    // MAP_FAILED is (void *)-1.
-    if (ptr === null || Deno.UnsafePointer.value(ptr) === 0xffffffffffffffffn) {
+    const ptr = mapShared(fd, size);
+    if (ptr === null) {
       const e = errno();
       throw new ShmError(`Cannot map ${name}: ${describeErrno(e)}`, {
         code: errnoCode(e),
