@@ -96,14 +96,53 @@ export function throughputScenarios(): Scenario[] {
   return out;
 }
 
+/**
+ * A loopback server of `kind` (in its own process) that the guest exposes
+ * on vsock port `vsockPort`, reached from the host through a TCP route:
+ * `port` goes through ivsock, `direct` straight to the server.
+ */
+class GuestServer {
+  private constructor(
+    readonly servers: Servers,
+    readonly stack: Stack,
+    readonly port: number,
+    readonly direct: number,
+  ) {}
+
+  static async start(
+    kind: "echo" | "hold",
+    vsockPort: number,
+    o: { doorbell?: boolean; maxConnections?: number } = {},
+  ): Promise<GuestServer> {
+    const servers = await Servers.start([kind]);
+    const port = freePort();
+    const stack = await Stack.start({
+      routes: [{
+        name: kind,
+        from: { type: "tcp", port },
+        to: { type: "vsock", port: vsockPort },
+        ...(o.maxConnections === undefined
+          ? {}
+          : { limits: { maxConnections: o.maxConnections } }),
+      }],
+      exposes: [{ port: vsockPort, tcpPort: servers.ports[kind]! }],
+      ...(o.doorbell === undefined ? {} : { doorbell: o.doorbell }),
+    });
+    return new GuestServer(servers, stack, port, servers.ports[kind]!);
+  }
+
+  async stop(): Promise<void> {
+    await this.stack.stop();
+    await this.servers.stop();
+  }
+}
+
 /** 64-byte ping-pong round trips, p50 and p99, polling and doorbell modes. */
 export function latencyScenarios(): Scenario[] {
   const out: Scenario[] = [];
   for (const doorbell of [false, true]) {
     for (const q of [0.5, 0.99]) {
-      let servers: Servers;
-      let stack: Stack;
-      let port = 0;
+      let rig: GuestServer;
       out.push({
         name: `64-byte round trip p${q * 100}, host to guest echo, ${
           doorbell ? "doorbell" : "polling"
@@ -111,27 +150,13 @@ export function latencyScenarios(): Scenario[] {
         unit: "us",
         rounds: 3,
         async setup() {
-          servers = await Servers.start(["echo"]);
-          port = freePort();
-          stack = await Stack.start({
-            routes: [{
-              name: "echo",
-              from: { type: "tcp", port },
-              to: { type: "vsock", port: 7 },
-            }],
-            exposes: [{ port: 7, tcpPort: servers.ports.echo! }],
-            doorbell,
-          });
+          rig = await GuestServer.start("echo", 7, { doorbell });
         },
-        async teardown() {
-          await stack?.stop();
-          await servers?.stop();
-        },
-        subject: async () => quantile(await pingPong(port, 2000), q),
+        teardown: () => rig?.stop(),
+        subject: async () => quantile(await pingPong(rig.port, 2000), q),
         baselines: [{
           name: "direct TCP loopback round trip",
-          run: async () =>
-            quantile(await pingPong(servers.ports.echo!, 2000), q),
+          run: async () => quantile(await pingPong(rig.direct, 2000), q),
           ...(q === 0.5 && !doorbell
             ? {
               target: {
@@ -150,34 +175,20 @@ export function latencyScenarios(): Scenario[] {
 /** Connection setup rate host to guest, one at a time and 64 at once. */
 export function connectionScenarios(): Scenario[] {
   return [1, 64].map((parallel) => {
-    let servers: Servers;
-    let stack: Stack;
-    let port = 0;
+    let rig: GuestServer;
     return {
       name:
         `connection setup host to guest (connect, 1-byte echo, close), ${parallel} at a time`,
       unit: "conn/s",
       rounds: 3,
       async setup() {
-        servers = await Servers.start(["echo"]);
-        port = freePort();
-        stack = await Stack.start({
-          routes: [{
-            name: "echo",
-            from: { type: "tcp", port },
-            to: { type: "vsock", port: 7 },
-          }],
-          exposes: [{ port: 7, tcpPort: servers.ports.echo! }],
-        });
+        rig = await GuestServer.start("echo", 7);
       },
-      async teardown() {
-        await stack?.stop();
-        await servers?.stop();
-      },
-      subject: () => connectRate(port, 1000, parallel),
+      teardown: () => rig?.stop(),
+      subject: () => connectRate(rig.port, 1000, parallel),
       baselines: [{
         name: "direct TCP loopback",
-        run: () => connectRate(servers.ports.echo!, 1000, parallel),
+        run: () => connectRate(rig.direct, 1000, parallel),
         target: {
           text: ">= 2000 connections/s",
           met: (x: number) => x >= 2000,
@@ -198,32 +209,20 @@ export function memoryScenarios(): Scenario[] {
   // limit is 20,000 per process: it gets 9,000 (the figure is per
   // connection either way).
   const RELAY_COUNT = 9_000;
-  let servers: Servers;
-  let stack: Stack;
-  let port = 0;
+  let rig: GuestServer;
   return [{
     name: `sidecar memory per idle connection, ${COUNT} open`,
     unit: "KiB",
     rounds: 1,
     warmUp: false,
     async setup() {
-      servers = await Servers.start(["hold"]);
-      port = freePort();
-      stack = await Stack.start({
-        routes: [{
-          name: "idle",
-          from: { type: "tcp", port },
-          to: { type: "vsock", port: 15 },
-          limits: { maxConnections: COUNT + 100 },
-        }],
-        exposes: [{ port: 15, tcpPort: servers.ports.hold! }],
+      rig = await GuestServer.start("hold", 15, {
+        maxConnections: COUNT + 100,
       });
     },
-    async teardown() {
-      await stack?.stop();
-      await servers?.stop();
-    },
-    subject: () => perConnection(stack.sidecar.process.pid, port, COUNT),
+    teardown: () => rig?.stop(),
+    subject: () =>
+      perConnection(rig.stack.sidecar.process.pid, rig.port, COUNT),
     baselines: [{
       name: `minimal Deno TCP relay (${RELAY_COUNT} open)`,
       run: async () => {
@@ -234,7 +233,7 @@ export function memoryScenarios(): Scenario[] {
             "--allow-net",
             new URL("./_relay.ts", import.meta.url).href,
             String(relayPort),
-            String(servers.ports.hold),
+            String(rig.direct),
           ],
           stdout: "piped",
           stderr: "inherit",
