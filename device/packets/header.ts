@@ -48,6 +48,9 @@ export const OP = {
   CREDIT_REQUEST: 7,
 } as const;
 
+/** Op names by value, for logs and counters: `OP_NAMES[OP.RW]` is "RW". */
+export const OP_NAMES: readonly string[] = Object.keys(OP);
+
 /** Socket types. */
 export const TYPE = {
   STREAM: 1,

@@ -28,6 +28,7 @@ import {
   INVALID_CID,
   newHeader,
   OP,
+  OP_NAMES,
   type PacketHeader,
   TYPE,
 } from "../packets/header.ts";
@@ -99,16 +100,6 @@ export interface ListenOptions {
   backlog?: number;
 }
 
-const OP_NAMES = [
-  "INVALID",
-  "REQUEST",
-  "RESPONSE",
-  "RST",
-  "SHUTDOWN",
-  "RW",
-  "CREDIT_UPDATE",
-  "CREDIT_REQUEST",
-];
 const EMPTY = new Uint8Array(0);
 
 /** One side's vsock connections over one transport. */

@@ -11,6 +11,7 @@ import {
   MAX_PAYLOAD,
   newHeader,
   OP,
+  OP_NAMES,
   type PacketHeader,
   TYPE,
 } from "../../device/packets/header.ts";
@@ -86,7 +87,7 @@ export class ScriptedPeer {
 }
 
 export function opName(op: number): string {
-  return Object.entries(OP).find(([, v]) => v === op)?.[0] ?? `op ${op}`;
+  return OP_NAMES[op] ?? `op ${op}`;
 }
 
 /** Waits for microtasks and timers of `ms` to run. */

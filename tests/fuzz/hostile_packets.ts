@@ -21,6 +21,7 @@ import {
   MAX_PAYLOAD,
   newHeader,
   OP,
+  OP_NAMES,
   type PacketHeader,
   SEQ_F,
   SHUTDOWN_F,
@@ -490,17 +491,6 @@ export class HostilePackets {
     else this.stats.sent++;
   }
 }
-
-const OP_NAMES = [
-  "INVALID",
-  "REQUEST",
-  "RESPONSE",
-  "RST",
-  "SHUTDOWN",
-  "RW",
-  "CREDIT_UPDATE",
-  "CREDIT_REQUEST",
-];
 
 /** CIDs that are not the guest's or the host's. */
 const ODD_CIDS = [0, 1, CID.HOST, 4, 0xfffffffe, 0xffffffff];
