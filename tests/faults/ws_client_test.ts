@@ -30,6 +30,17 @@ const route = {
   to: { type: "vsock" as const, port: 5000 },
 };
 
+/** The sidecar with the WebSocket route, the guest exposing `servicePort`. */
+function wsPair(servicePort: number): Promise<SidecarPair> {
+  return sidecarPair({
+    routes: [route],
+    exposes: [{
+      port: 5000,
+      target: { kind: "tcp", host: "127.0.0.1", port: servicePort },
+    }],
+  });
+}
+
 /** Opens a raw TCP connection and completes the WebSocket handshake by hand. */
 async function rawUpgrade(url: string): Promise<Deno.TcpConn> {
   const u = new URL(url);
@@ -160,13 +171,7 @@ async function wsTransferWorks(pair: SidecarPair): Promise<void> {
 
 Deno.test("a WebSocket client that vanishes between frames mid-stream resets the guest's connection, and the route serves the next client", async () => {
   const service = await checkedService();
-  const pair = await sidecarPair({
-    routes: [route],
-    exposes: [{
-      port: 5000,
-      target: { kind: "tcp", host: "127.0.0.1", port: service.port },
-    }],
-  });
+  const pair = await wsPair(service.port);
   try {
     const conn = await rawUpgrade(pair.sidecar.routes.get("ws")!.listening);
     let moved = 0;
@@ -209,13 +214,7 @@ Deno.test("a WebSocket client that vanishes between frames mid-stream resets the
 
 Deno.test("a WebSocket client that vanishes inside a frame resets the guest's connection, and the route serves the next client", async () => {
   const service = await checkedService();
-  const pair = await sidecarPair({
-    routes: [route],
-    exposes: [{
-      port: 5000,
-      target: { kind: "tcp", host: "127.0.0.1", port: service.port },
-    }],
-  });
+  const pair = await wsPair(service.port);
   try {
     const conn = await rawUpgrade(pair.sidecar.routes.get("ws")!.listening);
     // The header, some payload, then half of a frame and nothing more.
