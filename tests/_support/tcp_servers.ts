@@ -98,3 +98,21 @@ export async function writeAllConn(
 export function sha256(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }
+
+/** Reads `conn` to its end (the peer's FIN) and returns every byte. */
+export async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  const buf = new Uint8Array(65536);
+  for (;;) {
+    const n = await conn.read(buf);
+    if (n === null) break;
+    parts.push(buf.slice(0, n));
+  }
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

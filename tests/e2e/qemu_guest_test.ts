@@ -30,7 +30,12 @@ import { H } from "../../device/transport/layout.ts";
 import { CLOSE_TIMEOUT_MS } from "../../device/vsock/constants.ts";
 import type { ProxyEvent } from "../../proxy/events.ts";
 import { Sidecar } from "../../proxy/sidecar.ts";
-import { tcpServer, type TestServer } from "../_support/tcp_servers.ts";
+import {
+  readToEnd,
+  tcpServer,
+  type TestServer,
+  writeAllConn,
+} from "../_support/tcp_servers.ts";
 import {
   AttachError,
   countWrites,
@@ -291,28 +296,6 @@ function randomBytes(n: number): Uint8Array {
   return out;
 }
 
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let at = 0;
-  while (at < data.length) at += await conn.write(data.subarray(at));
-}
-
-async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  const buf = new Uint8Array(65536);
-  for (;;) {
-    const n = await conn.read(buf);
-    if (n === null) break;
-    parts.push(buf.slice(0, n));
-  }
-  const all = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    all.set(p, at);
-    at += p.length;
-  }
-  return all;
-}
-
 async function fetchWithCurl(url: string): Promise<string> {
   const out = await new Deno.Command(curl!, {
     args: ["-sS", "--max-time", "60", url],
@@ -335,7 +318,7 @@ async function tcpEcho(port: number, bytes: number): Promise<void> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
     const [, back] = await Promise.all([
-      writeAll(conn, data).then(() => conn.closeWrite()),
+      writeAllConn(conn, data).then(() => conn.closeWrite()),
       readToEnd(conn),
     ]);
     assertEquals(back.length, data.length, "expected the whole echo back");
@@ -403,7 +386,7 @@ async function toSink(port: number, bytes: number): Promise<number> {
         chunk.subarray(0, Math.min(chunk.length, bytes - sent)),
       );
       hash.update(part);
-      await writeAll(conn, part);
+      await writeAllConn(conn, part);
       sent += part.length;
     }
     await conn.closeWrite();
@@ -430,7 +413,7 @@ async function fromSource(port: number, bytes: number): Promise<number> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
     const started = performance.now();
-    await writeAll(conn, new TextEncoder().encode(`${bytes}\n`));
+    await writeAllConn(conn, new TextEncoder().encode(`${bytes}\n`));
     const buf = new Uint8Array(65536);
     for (;;) {
       const n = await conn.read(buf);

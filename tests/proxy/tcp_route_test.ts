@@ -10,6 +10,7 @@ import { Prng } from "../_support/prng.ts";
 import { routePort, sidecarPair } from "../_support/sidecar_pair.ts";
 import {
   drainHash,
+  readToEnd,
   sha256,
   tcpServer,
   writeAllConn,
@@ -417,23 +418,6 @@ Deno.test("a guest service that resets mid-stream closes the host client's conne
     await service.close();
   }
 });
-
-async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  const buf = new Uint8Array(65536);
-  for (;;) {
-    const n = await conn.read(buf);
-    if (n === null) break;
-    parts.push(buf.slice(0, n));
-  }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;
