@@ -15,6 +15,8 @@
 
 import { Child } from "./child.ts";
 
+export { within } from "./within.ts";
+
 const MOD = new URL("../../mod.ts", import.meta.url);
 
 let counter = 0;
@@ -203,27 +205,5 @@ export async function waitUntil(
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what()}`);
     }
     await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** Settles `p` or rejects after `ms`, naming `what`. */
-export async function within<T>(
-  p: Promise<T>,
-  ms: number,
-  what: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`${what}: not within ${ms} ms`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
   }
 }

@@ -14,6 +14,7 @@ import { Sidecar } from "../../proxy/sidecar.ts";
 import type { Hono } from "../../deps.ts";
 import { type SidecarPair, sidecarPair } from "../_support/sidecar_pair.ts";
 import { tcpServer, type TestServer } from "../_support/tcp_servers.ts";
+import { within } from "../_support/within.ts";
 
 /** The guest vsock port where the echo service is exposed. */
 export const ECHO_PORT = 80;
@@ -137,27 +138,7 @@ export function open(port: number): Promise<Deno.TcpConn> {
   return Deno.connect({ hostname: "127.0.0.1", port });
 }
 
-/** Rejects with `what` if `p` has not settled within `ms`. */
-export async function within<T>(
-  p: Promise<T>,
-  ms: number,
-  what: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`timed out after ${ms} ms: ${what}`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+export { within };
 
 /** Writes `data` and reads the same number of bytes back; checks them. */
 export async function roundTrip(

@@ -36,6 +36,7 @@ import {
   type TestServer,
   writeAllConn,
 } from "../_support/tcp_servers.ts";
+import { within } from "../_support/within.ts";
 import {
   AttachError,
   countWrites,
@@ -263,28 +264,6 @@ async function timerLag(ms: number): Promise<number> {
   const started = performance.now();
   await new Promise((r) => setTimeout(r, ms));
   return performance.now() - started - ms;
-}
-
-/** `promise`, or a rejection naming `what` after `ms`. */
-async function within<T>(
-  what: string,
-  ms: number,
-  promise: Promise<T>,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) =>
-        timer = setTimeout(
-          () => reject(new Error(`Expected ${what} within ${ms} ms`)),
-          ms,
-        )
-      ),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** `n` random bytes (getRandomValues fills at most 64 KiB per call). */
@@ -590,27 +569,27 @@ async function runVariant(variant: "plain" | "doorbell"): Promise<void> {
 
     t = performance.now();
     await within(
-      "the TCP echo",
-      TRANSFER_TIMEOUT_MS,
       tcpEcho(port("echo"), 65536),
+      TRANSFER_TIMEOUT_MS,
+      "the TCP echo",
     );
     await within(
-      "the WebSocket echo",
-      TRANSFER_TIMEOUT_MS,
       wsEcho(routes.get("echo-ws")!.listening, WS_ECHO_BYTES),
+      TRANSFER_TIMEOUT_MS,
+      "the WebSocket echo",
     );
     const echoMs = performance.now() - t;
 
     // Bulk, both directions, each checked on the far side.
     const sinkMs = await within(
-      `${TRANSFER_BYTES} bytes to the sink`,
-      TRANSFER_TIMEOUT_MS,
       toSink(port("sink"), TRANSFER_BYTES),
+      TRANSFER_TIMEOUT_MS,
+      `${TRANSFER_BYTES} bytes to the sink`,
     );
     const sourceMs = await within(
-      `${TRANSFER_BYTES} bytes from the source`,
-      TRANSFER_TIMEOUT_MS,
       fromSource(port("source"), TRANSFER_BYTES),
+      TRANSFER_TIMEOUT_MS,
+      `${TRANSFER_BYTES} bytes from the source`,
     );
 
     // Guest to host: the guest's polls reached this test's service, and the
@@ -643,7 +622,7 @@ async function runVariant(variant: "plain" | "doorbell"): Promise<void> {
     // Done: the next poll answers "stop"; the guest stops its agent and
     // powers off.
     control.finish();
-    await within("the guest to power off", POWER_OFF_TIMEOUT_MS, guest);
+    await within(guest, POWER_OFF_TIMEOUT_MS, "the guest to power off");
     const r = result as GuestResult | null;
     assert(r !== null, `expected QEMU to run to the end: ${guestError}`);
     const routeEvents = (name: string) =>
