@@ -77,18 +77,14 @@ export function bridge(
     closeQuietly(socket);
   };
 
-  const toGuest = (async () => {
+  const sending = (async () => {
     const reader = new ChunkReader(socket);
-    // Sending may stop while the socket is quiet (the guest shut down
-    // receiving, or reset): then stop waiting for the socket.
-    const stopped = conn.writeStopped.then(() => undefined);
     for (;;) {
       // A view of the reader's buffer: `conn.write()` resolves only once
       // the bytes are copied into the ring, before the next read reuses it.
-      const reading = reader.readView();
-      let chunk: Uint8Array | null | undefined;
+      let chunk: Uint8Array | null;
       try {
-        chunk = await Promise.race([reading, stopped]);
+        chunk = await reader.readView();
       } catch {
         // The socket failed (a reset), or we closed it because the vsock
         // side failed first.
@@ -96,12 +92,6 @@ export function bridge(
           decide("reset-by-peer");
           conn.reset("writer aborted: the socket failed");
         }
-        return;
-      }
-      if (chunk === undefined) {
-        // The read stays pending until the socket is closed.
-        reading.catch(() => {});
-        decide(sendFailure());
         return;
       }
       if (chunk === null) {
@@ -116,6 +106,13 @@ export function bridge(
       }
     }
   })();
+  // Sending may stop while the socket is quiet (the guest shut down
+  // receiving, or reset): this direction is over then, whatever the pending
+  // read does later (it ends when the socket is closed).
+  const toGuest = Promise.race([
+    sending,
+    conn.writeStopped.then(() => decide(sendFailure())),
+  ]);
 
   const fromGuest = (async () => {
     for (;;) {
