@@ -23,9 +23,9 @@ Deno.test("ChunkReader starts with small reads, grows them to 64 KiB for bulk da
   let at = 0;
   const reader = new ChunkReader(conn);
   for (
-    let chunk = await reader.read();
+    let chunk = await reader.readView();
     chunk !== null;
-    chunk = await reader.read()
+    chunk = await reader.readView()
   ) {
     sizes.push(chunk.length);
     got.set(chunk, at);
