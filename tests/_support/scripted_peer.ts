@@ -15,7 +15,10 @@ import {
   type PacketHeader,
   TYPE,
 } from "../../device/packets/header.ts";
-import type { PacketSink } from "../../device/vsock/connection.ts";
+import type {
+  PacketSink,
+  VsockConnection,
+} from "../../device/vsock/connection.ts";
 import { type EngineOptions, VsockEngine } from "../../device/vsock/engine.ts";
 
 /** A packet the engine sent. */
@@ -52,6 +55,16 @@ export class ScriptedPeer {
     this.engine = new VsockEngine(options);
     this.engine.setKick(() => this.kicks++);
     this.engine.activate(LOCAL_CID, PEER_CID, seqpacket);
+  }
+
+  /** An established connection on local port 80 from peer port 5000. */
+  async open(): Promise<VsockConnection> {
+    const listener = this.engine.listen(80);
+    this.deliver({ op: OP.REQUEST, srcPort: 5000, dstPort: 80 });
+    this.pump();
+    const conn = await listener.accept();
+    listener.close();
+    return conn;
   }
 
   /** Delivers a packet from the peer. Defaults: an RW on a STREAM, peer -> us. */

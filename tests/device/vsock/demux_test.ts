@@ -7,16 +7,6 @@ import { INVALID_CID, OP, TYPE } from "../../../device/packets/header.ts";
 import { MAX_PENDING_REPLIES } from "../../../device/vsock/constants.ts";
 import { ScriptedPeer } from "../../_support/scripted_peer.ts";
 
-/** An established connection on local port 80 from peer port 5000. */
-async function open(p: ScriptedPeer) {
-  const listener = p.engine.listen(80);
-  p.deliver({ op: OP.REQUEST, srcPort: 5000, dstPort: 80 });
-  p.pump();
-  const conn = await listener.accept();
-  listener.close();
-  return conn;
-}
-
 Deno.test("engine answers a packet for no connection with RST", () => {
   const p = new ScriptedPeer();
   p.deliver({ op: OP.RW, srcPort: 7, dstPort: 8 }, new Uint8Array(10));
@@ -29,7 +19,7 @@ Deno.test("engine never answers an RST with an RST", async () => {
   const p = new ScriptedPeer();
   p.deliver({ op: OP.RST, srcPort: 7, dstPort: 8 });
   assertEquals(p.pump(), []);
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: OP.RST, srcPort: 5000, dstPort: 80 });
   assertEquals(p.pump(), []);
   assertEquals((await conn.closed).reason, "ECONNRESET");
@@ -56,7 +46,7 @@ Deno.test("engine answers SEQPACKET with RST when it was not negotiated", () => 
 
 Deno.test("engine drops a packet from the wrong source CID without a reply", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver(
     { op: OP.RW, srcCid: 4, srcPort: 5000, dstPort: 80 },
     new Uint8Array(5),
@@ -80,7 +70,7 @@ Deno.test("engine drops a packet addressed to another CID", () => {
 
 Deno.test("engine drops an unknown op on an open connection and keeps it", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: 99, srcPort: 5000, dstPort: 80 });
   p.deliver({ op: OP.INVALID, srcPort: 5000, dstPort: 80 });
   assertEquals(p.pump(), [], "Linux drops unknown ops on a connected socket");
@@ -90,7 +80,7 @@ Deno.test("engine drops an unknown op on an open connection and keeps it", async
 
 Deno.test("a REQUEST on an open connection resets it", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: OP.REQUEST, srcPort: 5000, dstPort: 80 });
   assertEquals(p.pumpOps(), ["RST"]);
   assertEquals((await conn.closed).reason, "EPROTO");
@@ -98,7 +88,7 @@ Deno.test("a REQUEST on an open connection resets it", async () => {
 
 Deno.test("a packet of the wrong type on an open connection resets it", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver(
     { op: OP.RW, type: TYPE.SEQPACKET, srcPort: 5000, dstPort: 80 },
     new Uint8Array(1),
@@ -133,7 +123,7 @@ Deno.test("a flood of bogus packets is answered within a bounded queue and the r
 
 Deno.test("a peer RST on an open connection errors both streams with ECONNRESET", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   const writer = conn.writable.getWriter();
   p.room = -1; // keep the write queued
   const write = writer.write(new Uint8Array(10));

@@ -6,23 +6,13 @@
 import { assertEquals, assertRejects } from "../../../dev_deps.ts";
 import { OP, SHUTDOWN_F } from "../../../device/packets/header.ts";
 import { VsockError } from "../../../device/vsock/errors.ts";
-import type { VsockConnection } from "../../../device/vsock/connection.ts";
 import { ScriptedPeer, tick } from "../../_support/scripted_peer.ts";
-
-async function open(p: ScriptedPeer): Promise<VsockConnection> {
-  const listener = p.engine.listen(80);
-  p.deliver({ op: OP.REQUEST, srcPort: 5000, dstPort: 80 });
-  p.pump();
-  const conn = await listener.accept();
-  listener.close();
-  return conn;
-}
 
 const from = { srcPort: 5000, dstPort: 80 };
 
 Deno.test("read() returns what arrived, waits for more, and returns null after the peer's SHUTDOWN(SEND)", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: OP.RW, ...from }, new Uint8Array([1, 2]));
   assertEquals([...(await conn.read())!], [1, 2]);
   const later = conn.read();
@@ -35,7 +25,7 @@ Deno.test("read() returns what arrived, waits for more, and returns null after t
 
 Deno.test("read() rejects with ECONNRESET once the peer resets", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   const pending = conn.read();
   p.deliver({ op: OP.RST, ...from });
   const err = await assertRejects(() => pending, VsockError);
@@ -44,7 +34,7 @@ Deno.test("read() rejects with ECONNRESET once the peer resets", async () => {
 
 Deno.test("write() sends, and writeStopped resolves when the peer shuts down receiving", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   let stopped = false;
   conn.writeStopped.then(() => (stopped = true));
   const wrote = conn.write(new Uint8Array(10));
@@ -62,7 +52,7 @@ Deno.test("write() sends, and writeStopped resolves when the peer shuts down rec
 
 Deno.test("a writable first used after sending stopped starts errored", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: OP.SHUTDOWN, ...from, flags: SHUTDOWN_F.RCV });
   const writer = conn.writable.getWriter();
   await assertRejects(() => writer.write(new Uint8Array(1)));

@@ -5,23 +5,13 @@
 import { assert, assertEquals, assertRejects } from "../../../dev_deps.ts";
 import { OP, SHUTDOWN_F } from "../../../device/packets/header.ts";
 import { VsockError } from "../../../device/vsock/errors.ts";
-import type { VsockConnection } from "../../../device/vsock/connection.ts";
 import { opName, ScriptedPeer, tick } from "../../_support/scripted_peer.ts";
-
-async function open(p: ScriptedPeer): Promise<VsockConnection> {
-  const listener = p.engine.listen(80);
-  p.deliver({ op: OP.REQUEST, srcPort: 5000, dstPort: 80 });
-  p.pump();
-  const conn = await listener.accept();
-  listener.close();
-  return conn;
-}
 
 const from = { srcPort: 5000, dstPort: 80 };
 
 Deno.test("closing the writable sends SHUTDOWN(SEND) after the queued data, and reading goes on", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   const w = conn.writable.getWriter();
   const wrote = w.write(new Uint8Array(100));
   const closed = w.close();
@@ -41,7 +31,7 @@ Deno.test("closing the writable sends SHUTDOWN(SEND) after the queued data, and 
 
 Deno.test("the peer's SHUTDOWN(SEND) ends the readable after the data before it; writing still works", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: OP.RW, ...from }, new Uint8Array([1, 2]));
   p.deliver({ op: OP.SHUTDOWN, ...from, flags: SHUTDOWN_F.SEND });
   const reader = conn.readable.getReader();
@@ -57,7 +47,7 @@ Deno.test("the peer's SHUTDOWN(SEND) ends the readable after the data before it;
 
 Deno.test("data after the peer's SHUTDOWN(SEND) resets the connection", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: OP.SHUTDOWN, ...from, flags: SHUTDOWN_F.SEND });
   p.deliver({ op: OP.RW, ...from }, new Uint8Array(1));
   assertEquals(p.pumpOps(), ["RST"]);
@@ -66,7 +56,7 @@ Deno.test("data after the peer's SHUTDOWN(SEND) resets the connection", async ()
 
 Deno.test("the peer's SHUTDOWN(RCV) fails queued writes with EPIPE", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.room = -1;
   const w = conn.writable.getWriter();
   const wrote = w.write(new Uint8Array(10));
@@ -79,7 +69,7 @@ Deno.test("the peer's SHUTDOWN(RCV) fails queued writes with EPIPE", async () =>
 
 Deno.test("close() sends SHUTDOWN both ways and ends when the peer answers RST", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   conn.close();
   const [sd] = p.pump();
   assertEquals([opName(sd!.h.op), sd!.h.flags], [
@@ -94,7 +84,7 @@ Deno.test("close() sends SHUTDOWN both ways and ends when the peer answers RST",
 
 Deno.test("close() sends RST itself when the peer does not answer within the close timeout", async () => {
   const p = new ScriptedPeer({ closeTimeoutMs: 20 });
-  const conn = await open(p);
+  const conn = await p.open();
   conn.close();
   p.pump();
   const info = await conn.closed;
@@ -105,7 +95,7 @@ Deno.test("close() sends RST itself when the peer does not answer within the clo
 
 Deno.test("closing while the peer closes too ends at once with RST instead of waiting out the close timeout", async () => {
   const p = new ScriptedPeer({ closeTimeoutMs: 60_000 });
-  const conn = await open(p);
+  const conn = await p.open();
   conn.close();
   assertEquals(p.pumpOps(), ["SHUTDOWN"]);
   // The peer closed at the same moment: its SHUTDOWN(both) crossed ours.
@@ -121,7 +111,7 @@ Deno.test("closing while the peer closes too ends at once with RST instead of wa
 
 Deno.test("closing keeps waiting while the peer has shut only one direction", async () => {
   const p = new ScriptedPeer({ closeTimeoutMs: 60_000 });
-  const conn = await open(p);
+  const conn = await p.open();
   conn.close();
   p.pump();
   p.deliver({ op: OP.SHUTDOWN, ...from, flags: SHUTDOWN_F.SEND });
@@ -133,7 +123,7 @@ Deno.test("closing keeps waiting while the peer has shut only one direction", as
 
 Deno.test("close() sends queued data before its SHUTDOWN", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   conn.writable.getWriter().write(new Uint8Array(70_000)).catch(() => {});
   await tick();
   conn.close();
@@ -143,7 +133,7 @@ Deno.test("close() sends queued data before its SHUTDOWN", async () => {
 
 Deno.test("a full peer shutdown with nothing unread is answered with RST", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({
     op: OP.SHUTDOWN,
     ...from,
@@ -156,7 +146,7 @@ Deno.test("a full peer shutdown with nothing unread is answered with RST", async
 
 Deno.test("a full peer shutdown waits until the application has read what is left", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: OP.RW, ...from }, new Uint8Array([4, 5, 6]));
   p.deliver({
     op: OP.SHUTDOWN,
@@ -173,7 +163,7 @@ Deno.test("a full peer shutdown waits until the application has read what is lef
 
 Deno.test("a half-closed connection closes itself once both directions are done", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({ op: OP.SHUTDOWN, ...from, flags: SHUTDOWN_F.SEND }); // peer is done sending
   const reader = conn.readable.getReader();
   assertEquals((await reader.read()).done, true);
@@ -189,7 +179,7 @@ Deno.test("a half-closed connection closes itself once both directions are done"
 
 Deno.test("reset() sends RST even though the connection is already closed locally", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   conn.reset();
   assertEquals(conn.state, "closed");
   assertEquals(p.pumpOps(), ["RST"]);
@@ -199,7 +189,7 @@ Deno.test("reset() sends RST even though the connection is already closed locall
 
 Deno.test("writing to a closed connection fails with EPIPE", async () => {
   const p = new ScriptedPeer();
-  const conn = await open(p);
+  const conn = await p.open();
   p.deliver({
     op: OP.SHUTDOWN,
     ...from,
