@@ -66,6 +66,8 @@ export interface WakerInit {
   memory: WakerMemory;
   control: SharedArrayBuffer;
   options: BackoffOptions;
+  /** A UNIX socket the main thread reads: a byte written there wakes it. */
+  wakeSocket?: string;
 }
 
 /**

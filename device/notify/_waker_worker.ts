@@ -40,11 +40,47 @@ self.onmessage = (e: MessageEvent<WakerInit>) => {
   run(e.data);
 };
 
+/** AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC; sockaddr_un is 110 bytes. */
+const AF_UNIX = 1;
+const SOCK_STREAM_NONBLOCK_CLOEXEC = 1 | 0o4000 | 0o2000000;
+const SOCKADDR_UN_SIZE = 110;
+const MSG_NOSIGNAL = 0x4000;
+
+/** A non-blocking connection to the main thread's wake socket, or -1. */
+function connectUnix(
+  libc: {
+    socket(d: number, t: number, p: number): number;
+    connect(fd: number, addr: Uint8Array, len: number): number;
+    close(fd: number): number;
+  },
+  path: string,
+): number {
+  const name = new TextEncoder().encode(path);
+  if (name.length >= SOCKADDR_UN_SIZE - 2) return -1;
+  const fd = libc.socket(AF_UNIX, SOCK_STREAM_NONBLOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  const addr = new Uint8Array(SOCKADDR_UN_SIZE);
+  new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+  addr.set(name, 2);
+  // A UNIX stream connect completes at once while the listener's backlog
+  // has room, even on a non-blocking socket.
+  if (libc.connect(fd, addr, SOCKADDR_UN_SIZE) !== 0) {
+    libc.close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 function run(init: WakerInit): void {
   const libc = Deno.dlopen("libc.so.6", {
     poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
     read: { parameters: ["i32", "buffer", "u64"], result: "i64" },
     prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
+    socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+    connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+    send: { parameters: ["i32", "buffer", "u64", "i32"], result: "i64" },
+    sched_yield: { parameters: [], result: "i32" },
+    close: { parameters: ["i32"], result: "i32" },
   });
   // PR_SET_TIMERSLACK (29), for this thread only: Linux lets a timed sleep
   // overrun by the slack (50 us by default), which would turn our 100 us
@@ -133,9 +169,17 @@ function run(init: WakerInit): void {
     return doorbell;
   };
 
+  const wakeFd = init.wakeSocket === undefined
+    ? -1
+    : connectUnix(libc.symbols, init.wakeSocket);
+  const wakeByte = new Uint8Array(1);
   const signalMain = () => {
-    if (Atomics.exchange(ctl, CTL_WAITING, 0) === 1) self.postMessage("wake");
-    else Atomics.store(ctl, CTL_PENDING, 1);
+    if (Atomics.exchange(ctl, CTL_WAITING, 0) === 1) {
+      // A full socket buffer (EAGAIN) means wake-ups are queued already;
+      // MSG_NOSIGNAL, so a closed reader is an error, not SIGPIPE.
+      if (wakeFd < 0) self.postMessage("wake");
+      else libc.symbols.send(wakeFd, wakeByte, 1n, MSG_NOSIGNAL);
+    } else Atomics.store(ctl, CTL_PENDING, 1);
   };
 
   let lastChange = performance.now();
@@ -153,19 +197,32 @@ function run(init: WakerInit): void {
       signalMain();
       continue;
     }
-    // With doorbells to block on, the peer's doorbell is the wake-up: sleep
-    // in poll(2) at once instead of polling every fraction of a millisecond
-    // after activity. Those short sleeps cost each worker a third of a core
-    // and, on two cores, the main threads their turn: a 64-byte round trip
-    // took 1.6 ms with them and 0.5 ms without (docs/performance.md).
+    const idle = now - lastChange;
+    if (idle < init.options.spinMs) {
+      // Right after a change or our own work a reply is likely within
+      // microseconds: look again at once, but give the CPU to anything
+      // else runnable first. Sleeping instead costs more than the sleep
+      // on a virtual machine, where an idle vCPU halts and waking a thread
+      // on it takes 30-80 us (docs/performance.md).
+      if (fdCount > 0 && pollEventFds(0)) {
+        lastChange = performance.now();
+        signalMain();
+        continue;
+      }
+      libc.symbols.sched_yield();
+      continue;
+    }
+    // After the spin, with doorbells to block on, the peer's doorbell is
+    // the wake-up: block in poll(2) instead of polling every fraction of a
+    // millisecond. Those short sleeps cost each worker a third of a core
+    // and, on two cores, the main threads their turn.
     const ms = fdCount > 0
       ? init.options.idleSleepMs
-      : sleepFor(now - lastChange, init.options);
-    if (fdCount === 0 && ms >= 1) {
-      // The idle interval, which activity should cut short: say so first,
-      // then look at ACTIVITY once more, so that activity() either sees
-      // DEEP and wakes us or we see its count. (With doorbells, activity
-      // changes nothing: we block on them anyway.)
+      : sleepFor(idle, init.options);
+    if (ms >= 1) {
+      // A long sleep, which activity should cut short: say so first, then
+      // look at ACTIVITY once more, so that activity() either sees DEEP and
+      // wakes us or we see its count.
       Atomics.store(ctl, CTL_DEEP, 1);
       if (Atomics.load(ctl, CTL_ACTIVITY) !== lastActivity) {
         Atomics.store(ctl, CTL_DEEP, 0);
@@ -190,6 +247,7 @@ function run(init: WakerInit): void {
     }
     Atomics.store(ctl, CTL_DEEP, 0);
   }
+  if (wakeFd >= 0) libc.symbols.close(wakeFd);
   libc.close();
   self.postMessage("stopped");
 }

@@ -30,6 +30,7 @@ import {
   CTL_WORDS,
   MAX_FDS,
   MAX_WORDS,
+  type WakerInit,
   type WakerMemory,
 } from "./_waker_protocol.ts";
 
@@ -45,18 +46,24 @@ export interface WatchedWord {
 }
 
 /**
- * Default back-off: no pure spinning (on a 2-core machine two spinning
- * watchers, one per process, starve the very threads they should wake: we
- * measured waits of 5 ms and more that way); after activity the worker polls
- * every 0.1 ms for 50 ms, sleeping on a futex in between (with its timer
- * slack cut to 1 us so that such sleeps are accurate), then every 10 ms.
- * The idle cost is one wake-up per 10 ms. 0.1 ms measured best for a 64-byte
- * round trip through both processes: 0.02 ms doubled it (each worker then
- * took a third of a core from the main threads), 0.5 ms doubled it too.
- * With doorbells the worker blocks on them instead (see _waker_worker.ts).
+ * Default back-off. For 2 ms after a change (or the main thread's own work)
+ * the worker spins, calling sched_yield(2) between looks so that any other
+ * runnable thread goes first; then it polls every 0.1 ms for 50 ms,
+ * sleeping on a futex in between (with its timer slack cut to 1 us so that
+ * such sleeps are accurate), then every 10 ms. The idle cost is one wake-up
+ * per 10 ms.
+ *
+ * Why spin at all: on a virtual machine an idle vCPU halts, and waking a
+ * thread on it costs 30-80 us, so the 0.1 ms polls alone made a 64-byte
+ * round trip through both processes take 400-450 us; with the yielding
+ * spin it takes 180-190 us, and bulk transfer gains 20-30%
+ * (docs/performance.md). Spinning without yielding starved the main
+ * threads on two cores (p99 5-8 ms); 5 ms of spin was no better than 2.
+ * With doorbells the worker blocks on them after the spin instead of
+ * polling (see _waker_worker.ts).
  */
 export const DEFAULT_BACKOFF: BackoffOptions = {
-  spinMs: 0,
+  spinMs: 2,
   shortSleepMs: 0.1,
   shortPhaseMs: 50,
   idleSleepMs: 10,
@@ -73,6 +80,7 @@ export class Waker {
   #control: EventFd | null = null;
   #closed: Promise<void> | null = null;
   #stopped: PromiseWithResolvers<void> = Promise.withResolvers<void>();
+  #wakeLine: WakeLine;
 
   /**
    * Starts the worker over `region`.
@@ -89,6 +97,7 @@ export class Waker {
     this.#worker = new Worker(new URL("./_waker_worker.ts", import.meta.url), {
       type: "module",
     });
+    this.#wakeLine = new WakeLine(() => this.#wake("changed"));
     this.#worker.onmessage = (e: MessageEvent<string>) => {
       if (e.data === "stopped") this.#stopped.resolve();
       else this.#wake("changed");
@@ -101,11 +110,14 @@ export class Waker {
       this.#stopped.resolve();
     };
     region.retain();
-    this.#worker.postMessage({
-      memory,
-      control,
-      options: { ...DEFAULT_BACKOFF, ...backoff },
-    });
+    this.#worker.postMessage(
+      {
+        memory,
+        control,
+        options: { ...DEFAULT_BACKOFF, ...backoff },
+        wakeSocket: this.#wakeLine.path,
+      } satisfies WakerInit,
+    );
   }
 
   /**
@@ -164,6 +176,15 @@ export class Waker {
     if (Atomics.load(this.#ctl, CTL_DEEP) === 1) this.#nudge();
   }
 
+  /**
+   * How the worker reaches this thread: `"socket"` once it has connected
+   * to the wake socket, `"message"` (postMessage) until then or if it
+   * could not.
+   */
+  get wakeChannel(): "socket" | "message" {
+    return this.#wakeLine.connected ? "socket" : "message";
+  }
+
   /** Wakes a pending (or the next) {@linkcode wait} from this thread. */
   poke(): void {
     if (this.#resolve !== null) this.#wake("poked");
@@ -204,6 +225,7 @@ export class Waker {
       this.#closed = this.#stopped.promise.then(async () => {
         this.#worker.terminate();
         this.region.release();
+        await this.#wakeLine.close();
         await this.#control?.close();
       });
     }
@@ -223,6 +245,75 @@ export class Waker {
     clearTimeout(this.#timer);
     Atomics.store(this.#ctl, CTL_WAITING, 0);
     resolve(reason);
+  }
+}
+
+/**
+ * How the worker wakes the main thread: it writes a byte to a UNIX socket
+ * whose other end the main thread is always reading. A socket read wakes
+ * Deno's event loop like any other I/O, measured here at 15 us p50 and
+ * 60 us p99 from a worker's write to the main thread running, against 35-42
+ * us p50 and 260-300 us p99 for `postMessage` (docs/performance.md). The
+ * socket is made with `Deno.listen` in a private directory, which is
+ * removed once the worker has connected; until then (or if it cannot
+ * connect) the worker falls back to `postMessage`.
+ */
+class WakeLine {
+  readonly path: string;
+  #dir: string;
+  #listener: Deno.UnixListener;
+  #conn: Deno.UnixConn | null = null;
+  #closing = false;
+  #done: Promise<void>;
+
+  constructor(onWake: () => void) {
+    this.#dir = Deno.makeTempDirSync({ prefix: "ivsock-waker-" });
+    this.path = `${this.#dir}/wake.sock`;
+    this.#listener = Deno.listen({ transport: "unix", path: this.path });
+    this.#done = this.#serve(onWake);
+  }
+
+  async #serve(onWake: () => void): Promise<void> {
+    try {
+      this.#conn = await this.#listener.accept();
+    } catch {
+      return; // closed before the worker connected
+    } finally {
+      closeQuietly(this.#listener);
+      Deno.removeSync(this.#dir, { recursive: true });
+    }
+    if (this.#closing) {
+      this.#conn.close();
+      return;
+    }
+    // Each byte stands for one wake-up (the worker writes only when the
+    // main thread waits), but a read that takes several loses nothing:
+    // waking an awake waker is a no-op.
+    const buf = new Uint8Array(64);
+    try {
+      while ((await this.#conn.read(buf)) !== null) onWake();
+    } catch {
+      // Closed by close(), or the worker's end went away: the worker falls
+      // back to postMessage, and the main thread's timeouts bound each wait.
+    }
+  }
+
+  get connected(): boolean {
+    return this.#conn !== null && !this.#closing;
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    closeQuietly(this.#conn ?? this.#listener);
+    await this.#done;
+  }
+}
+
+function closeQuietly(resource: { close(): void }): void {
+  try {
+    resource.close();
+  } catch {
+    // Closed already.
   }
 }
 

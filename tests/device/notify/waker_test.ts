@@ -70,3 +70,45 @@ Deno.test("a change during the worker's idle sleep is seen at the end of that sl
     await waker.close();
   }
 });
+
+Deno.test("the worker wakes the main thread through the wake socket, not postMessage", async () => {
+  const region = Region.alloc(4096);
+  const waker = new Waker(region);
+  try {
+    waker.watch([{ offset: WORD, width: 4 }]);
+    for (let i = 0; i < 100 && waker.wakeChannel !== "socket"; i++) {
+      await sleep(50);
+    }
+    assertEquals(waker.wakeChannel, "socket");
+    for (let v = 1; v <= 20; v++) {
+      const woke = waker.wait(10_000);
+      region.store32(WORD, v);
+      assertEquals(await woke, "changed");
+    }
+  } finally {
+    await waker.close();
+  }
+  assertEquals(waker.wakeChannel, "message");
+});
+
+Deno.test("in the spin phase a change is seen at once, not after a sleep", async () => {
+  const region = Region.alloc(4096);
+  // Sleeps of 20 s: a change is seen in time only if the worker spins.
+  const waker = new Waker(region, {
+    spinMs: 60_000,
+    shortSleepMs: 20_000,
+    shortPhaseMs: 60_000,
+    idleSleepMs: 20_000,
+  });
+  try {
+    waker.watch([{ offset: WORD, width: 4 }]);
+    await sleep(200);
+    for (let v = 1; v <= 3; v++) {
+      const woke = waker.wait(10_000);
+      region.store32(WORD, v);
+      assertEquals(await woke, "changed");
+    }
+  } finally {
+    await waker.close();
+  }
+});
