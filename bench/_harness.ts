@@ -66,8 +66,10 @@ export async function runScenarios(
       const subject: number[] = [];
       const base: number[][] = s.baselines.map(() => []);
       for (let i = 0; i < (s.rounds ?? 5); i++) {
+        await settle();
         subject.push(await s.subject());
         for (const [j, b] of s.baselines.entries()) {
+          await settle();
           base[j]!.push(await b.run());
         }
       }
@@ -135,6 +137,20 @@ export async function report(
   );
   for (const f of failures) console.log(`FAILED: ${f.name}: ${f.error}`);
   console.log(`\nwrote ${path}`);
+}
+
+/**
+ * Quiet time before each measurement: longer than the wakers' spin and
+ * short-poll phases (device/notify/waker.ts), so that ivsock's pollers
+ * have gone back to sleep before a baseline runs. Otherwise their spinning
+ * keeps both vCPUs awake and the baseline gets faster with them: TCP
+ * loopback's round trip measured 22-38 us beside spinning wakers against
+ * 70-76 us on a quiet machine.
+ */
+const SETTLE_MS = 200;
+
+function settle(): Promise<void> {
+  return new Promise((r) => setTimeout(r, SETTLE_MS));
 }
 
 export function median(xs: number[]): number {
