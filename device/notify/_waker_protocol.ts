@@ -23,7 +23,12 @@
  * [9] DEEP       the worker sets 1 while in a long sleep (the idle interval,
  *                or blocked on doorbells): only then does activity() need to
  *                wake it, so a busy main thread does not wake it every turn
- * [10..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds
+ * [10] PARKED    the worker sets 1 while it sleeps on WAITING because the
+ *                main thread is busy (and looks at the rings itself): wait()
+ *                then notifies WAITING
+ * [11] MUTED     a bit per watched word (bit i: word i) whose changes do not
+ *                wake the main thread; the worker still tracks their values
+ * [12..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds
  * ```
  *
  * @module
@@ -39,7 +44,9 @@ export const CTL_WORDS = 6;
 export const CTL_FDS = 7;
 export const CTL_CONTROL = 8;
 export const CTL_DEEP = 9;
-export const CTL_TABLE = 10;
+export const CTL_PARKED = 10;
+export const CTL_MUTED = 11;
+export const CTL_TABLE = 12;
 export const MAX_WORDS = 16;
 export const MAX_FDS = 8;
 export const CTL_LENGTH = CTL_TABLE + 2 * MAX_WORDS + MAX_FDS;

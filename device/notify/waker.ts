@@ -21,6 +21,8 @@ import {
   CTL_DEEP,
   CTL_FDS,
   CTL_LENGTH,
+  CTL_MUTED,
+  CTL_PARKED,
   CTL_PENDING,
   CTL_SLEEP,
   CTL_STOP,
@@ -177,6 +179,18 @@ export class Waker {
   }
 
   /**
+   * Words of the watch list (bit i: the i-th word given to
+   * {@linkcode watch}) whose changes should not wake this thread for now:
+   * the rx queue's available index while the device has nothing waiting for
+   * buffers, say. The worker keeps tracking them, so once unmuted it reports
+   * only changes made after its last look; a caller that unmutes must check
+   * the ring itself for what changed while muted.
+   */
+  mute(mask: number): void {
+    Atomics.store(this.#ctl, CTL_MUTED, mask);
+  }
+
+  /**
    * How the worker reaches this thread: `"socket"` once it has connected
    * to the wake socket, `"message"` (postMessage) until then or if it
    * could not.
@@ -205,6 +219,7 @@ export class Waker {
     }
     const ctl = this.#ctl;
     Atomics.store(ctl, CTL_WAITING, 1);
+    if (Atomics.load(ctl, CTL_PARKED) === 1) Atomics.notify(ctl, CTL_WAITING);
     if (Atomics.exchange(ctl, CTL_PENDING, 0) === 1) {
       Atomics.store(ctl, CTL_WAITING, 0);
       return Promise.resolve("changed");
@@ -235,6 +250,7 @@ export class Waker {
   /** Ends the worker's current sleep, whichever way it sleeps. */
   #nudge(): void {
     Atomics.notify(this.#ctl, CTL_SLEEP);
+    Atomics.notify(this.#ctl, CTL_WAITING);
     this.#control?.signal();
   }
 

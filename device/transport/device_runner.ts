@@ -23,6 +23,7 @@ import type {
   DeviceTransport,
   TransportChange,
 } from "./device_transport.ts";
+import { queueBits } from "./layout.ts";
 
 /** What the device loop drives: the vsock engine, or a test's echo. */
 export interface DevicePort {
@@ -69,6 +70,8 @@ export class DeviceRunner {
   #log: LogFn;
   #stopping = false;
   #done: Promise<void> | null = null;
+  #rxBit = 0;
+  #eventBit = 0;
 
   constructor(
     transport: DeviceTransport,
@@ -156,6 +159,15 @@ export class DeviceRunner {
         await yieldToEventLoop();
         continue;
       }
+      // Only what we need news of may wake us: buffers on the rx queue
+      // matter only while output waits for them, the event queue's only
+      // while an event does. Otherwise each buffer the driver gives back
+      // wakes us for nothing (in a 64-byte ping-pong, once per round trip).
+      if (!rechecked && this.#muteIdleQueues()) {
+        rechecked = true;
+        await yieldToEventLoop();
+        continue;
+      }
       rechecked = false;
       const untilBeat = Math.max(
         1,
@@ -212,6 +224,24 @@ export class DeviceRunner {
       (event && q.events.pending > 0);
   }
 
+  /**
+   * Mutes the waker's words of the queues with nothing waiting on them;
+   * true when one we unmute already has news (found while it was muted).
+   */
+  #muteIdleQueues(): boolean {
+    const q = this.transport.queues;
+    if (q === null) {
+      this.#waker.mute(0);
+      return false;
+    }
+    const output = this.#port.hasPendingOutput?.() ?? true;
+    const events = q.events.pending > 0;
+    this.#waker.mute(
+      (output ? 0 : this.#rxBit) | (events ? 0 : this.#eventBit),
+    );
+    return (output && q.rx.pending() > 0) || (events && q.event.pending() > 0);
+  }
+
   #apply(change: TransportChange | null): void {
     if (change === null) return;
     if (change.type === "activated") {
@@ -223,7 +253,11 @@ export class DeviceRunner {
   }
 
   #watch(): void {
-    this.#waker.watch(this.transport.watchedWords(), this.#doorbells);
+    const words = this.transport.watchedWords();
+    this.#rxBit = queueBits(words, ["rx"]);
+    this.#eventBit = queueBits(words, ["event"]);
+    this.#waker.mute(0);
+    this.#waker.watch(words, this.#doorbells);
   }
 }
 

@@ -26,6 +26,7 @@ import { DeviceRx } from "../packets/device_rx.ts";
 import { DeviceTx } from "../packets/device_tx.ts";
 import { CID } from "../packets/header.ts";
 import { DeviceEvents, EVENT_ID } from "./event_queue.ts";
+import type { WatchedRingWord } from "./layout.ts";
 import {
   checkDriverFeatures,
   hasFeature,
@@ -221,15 +222,16 @@ export class DeviceTransport {
   }
 
   /** Words whose change means the device should look again. */
-  watchedWords(): Array<{ offset: number; width: 2 | 4 }> {
-    const words: Array<{ offset: number; width: 2 | 4 }> = [
+  watchedWords(): WatchedRingWord[] {
+    const words: WatchedRingWord[] = [
       { offset: H.STATUS_SEQ, width: 4 },
       { offset: H.DRIVER_GENERATION, width: 4 },
     ];
     const q = this.#queues;
     if (q !== null) {
-      for (const queue of [q.tx, q.rx, q.event]) {
-        words.push({ offset: queue.layout.avail + AVAIL_IDX, width: 2 });
+      for (const name of ["tx", "rx", "event"] as const) {
+        const offset = q[name].layout.avail + AVAIL_IDX;
+        words.push({ offset, width: 2, queue: name });
       }
     }
     return words;

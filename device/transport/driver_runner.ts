@@ -17,7 +17,7 @@ import type { InboundPacket } from "../packets/inbound_packet.ts";
 import type { DriverTx } from "../packets/driver_tx.ts";
 import { Waker } from "../notify/waker.ts";
 import type { DriverQueues, DriverTransport } from "./driver_transport.ts";
-import { DEVICE_VECTOR } from "./layout.ts";
+import { DEVICE_VECTOR, queueBits } from "./layout.ts";
 import { DOORBELL_BACKOFF, yieldToEventLoop } from "./device_runner.ts";
 
 /** What the driver loop drives: the guest-side vsock engine, or a test. */
@@ -30,6 +30,11 @@ export interface DriverPort {
   event(id: number): void;
   /** Writes pending packets to the tx queue; returns how many. */
   transmit(tx: DriverTx, maxPayload: number): number;
+  /**
+   * Whether packets wait for tx room. Only then does the device consuming
+   * tx buffers matter to us.
+   */
+  hasPendingOutput?(): boolean;
 }
 
 /** Driver loop settings. */
@@ -64,6 +69,7 @@ export class DriverRunner {
   #stopping = false;
   #abort = new AbortController();
   #done: Promise<void> | null = null;
+  #txBit = 0;
 
   constructor(
     transport: DriverTransport,
@@ -177,6 +183,13 @@ export class DriverRunner {
         await yieldToEventLoop();
         continue;
       }
+      // The device returning tx buffers matters only while output waits for
+      // room; otherwise each one would wake us for nothing.
+      if (!rechecked && this.#muteIdleQueues(q)) {
+        rechecked = true;
+        await yieldToEventLoop();
+        continue;
+      }
       rechecked = false;
       await this.#waker.wait(
         Math.max(1, this.#heartbeatMs - (performance.now() - lastBeat)),
@@ -220,8 +233,21 @@ export class DriverRunner {
     return rx || tx || event;
   }
 
+  /**
+   * Mutes the tx queue's word unless output waits for room; true when the
+   * device returned tx buffers we have not reclaimed (while it was muted).
+   */
+  #muteIdleQueues(q: DriverQueues): boolean {
+    const output = this.#port.hasPendingOutput?.() ?? true;
+    this.#waker.mute(output ? 0 : this.#txBit);
+    return output && q.tx.hasUsed();
+  }
+
   #watch(): void {
-    this.#waker.watch(this.transport.watchedWords(), this.#doorbells);
+    const words = this.transport.watchedWords();
+    this.#txBit = queueBits(words, ["tx"]);
+    this.#waker.mute(0);
+    this.#waker.watch(words, this.#doorbells);
   }
 }
 

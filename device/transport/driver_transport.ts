@@ -42,6 +42,7 @@ import {
   queueRecord,
   readReason,
   REASON_LENGTH,
+  type WatchedRingWord,
 } from "./layout.ts";
 
 /** Driver transport settings. */
@@ -257,15 +258,15 @@ export class DriverTransport {
   }
 
   /** Words whose change the driver's waker should watch. */
-  watchedWords(): Array<{ offset: number; width: 2 | 4 }> {
-    const words: Array<{ offset: number; width: 2 | 4 }> = [
+  watchedWords(): WatchedRingWord[] {
+    const words: WatchedRingWord[] = [
       { offset: H.DEVICE_STATUS, width: 4 },
       { offset: H.DEVICE_GENERATION, width: 4 },
     ];
     const q = this.#queues;
     if (q !== null) {
-      for (const queue of [q.rx, q.tx, q.event]) {
-        words.push({ offset: queue.layout.used + 2, width: 2 });
+      for (const name of ["rx", "tx", "event"] as const) {
+        words.push({ offset: q[name].layout.used + 2, width: 2, queue: name });
       }
     }
     return words;

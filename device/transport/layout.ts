@@ -143,3 +143,26 @@ export function encodeReason(reason: string): Uint8Array {
   out.set(new TextEncoder().encode(ascii));
   return out;
 }
+
+/**
+ * A word a transport's waker watches: a header word, or a queue's ring
+ * index (`queue` says which), so that a runner can mute the queues it does
+ * not need news of.
+ */
+export interface WatchedRingWord {
+  offset: number;
+  width: 2 | 4;
+  queue?: "rx" | "tx" | "event";
+}
+
+/** The waker mute bits of the words of `queues` in `words`. */
+export function queueBits(
+  words: readonly WatchedRingWord[],
+  queues: ReadonlyArray<"rx" | "tx" | "event">,
+): number {
+  let bits = 0;
+  words.forEach((w, i) => {
+    if (w.queue !== undefined && queues.includes(w.queue)) bits |= 1 << i;
+  });
+  return bits;
+}

@@ -95,6 +95,10 @@ export class DriverEnginePort implements DriverPort {
     return this.#sink === null ? 0 : this.engine.transmit(this.#sink);
   }
 
+  hasPendingOutput(): boolean {
+    return this.engine.hasOutput();
+  }
+
   #start(): void {
     const q = this.#queues!;
     this.engine.activate(

@@ -12,8 +12,14 @@ import {
   DriverTransport,
   type DriverTransportOptions,
 } from "../../device/transport/driver_transport.ts";
-import { DeviceRunner } from "../../device/transport/device_runner.ts";
-import { DriverRunner } from "../../device/transport/driver_runner.ts";
+import {
+  DeviceRunner,
+  type DeviceRunnerOptions,
+} from "../../device/transport/device_runner.ts";
+import {
+  DriverRunner,
+  type DriverRunnerOptions,
+} from "../../device/transport/driver_runner.ts";
 import { type EngineOptions, VsockEngine } from "../../device/vsock/engine.ts";
 import {
   DeviceEnginePort,
@@ -38,6 +44,10 @@ export async function enginePair(
     host?: EngineOptions;
     guest?: EngineOptions;
     driver?: DriverTransportOptions;
+    deviceRunner?: DeviceRunnerOptions;
+    driverRunner?: DriverRunnerOptions;
+    /** How long each side waits for the other's heartbeat. @default {5000} */
+    timeoutMs?: number;
     regionSize?: number;
   } = {},
 ): Promise<EnginePair> {
@@ -46,18 +56,23 @@ export async function enginePair(
   const guest = new VsockEngine(options.guest);
   const device = DeviceTransport.attach(region, {
     guestCid: GUEST_CID,
-    driverTimeoutMs: 5000,
+    driverTimeoutMs: options.timeoutMs ?? 5000,
   });
   const deviceRunner = new DeviceRunner(
     device,
     new DeviceEnginePort(host, GUEST_CID),
+    options.deviceRunner,
   );
   host.setKick(() => deviceRunner.kick());
   const driver = new DriverTransport(region, {
-    deviceTimeoutMs: 5000,
+    deviceTimeoutMs: options.timeoutMs ?? 5000,
     ...options.driver,
   });
-  const driverRunner = new DriverRunner(driver, new DriverEnginePort(guest));
+  const driverRunner = new DriverRunner(
+    driver,
+    new DriverEnginePort(guest),
+    options.driverRunner,
+  );
   guest.setKick(() => driverRunner.kick());
   const running = Promise.all([deviceRunner.run(), driverRunner.run()]);
   const deadline = Date.now() + 5000;

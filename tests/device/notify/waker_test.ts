@@ -112,3 +112,43 @@ Deno.test("in the spin phase a change is seen at once, not after a sleep", async
     await waker.close();
   }
 });
+
+Deno.test("a muted word's changes do not wake; once unmuted, its next change does", async () => {
+  const region = Region.alloc(4096);
+  const waker = new Waker(region);
+  try {
+    waker.watch([{ offset: WORD, width: 4 }, { offset: WORD + 4, width: 4 }]);
+    await sleep(200);
+    waker.mute(0b10);
+    let woke = waker.wait(300);
+    region.store32(WORD + 4, 1);
+    assertEquals(await woke, "timeout");
+    waker.mute(0);
+    woke = waker.wait(10_000);
+    region.store32(WORD + 4, 2);
+    assertEquals(await woke, "changed");
+  } finally {
+    await waker.close();
+  }
+});
+
+Deno.test("a change made while the main thread was busy is reported by its next wait", async () => {
+  const region = Region.alloc(4096);
+  // A 20 s sleep after the spin: only the parked worker's comparison with
+  // its snapshot from before can report the change in time.
+  const waker = new Waker(region, {
+    spinMs: 60_000,
+    shortSleepMs: 20_000,
+    shortPhaseMs: 60_000,
+    idleSleepMs: 20_000,
+  });
+  try {
+    waker.watch([{ offset: WORD, width: 4 }]);
+    await sleep(200); // the worker parks: nobody waits
+    region.store32(WORD, 5);
+    await sleep(100);
+    assertEquals(await waker.wait(10_000), "changed");
+  } finally {
+    await waker.close();
+  }
+});

@@ -1,0 +1,72 @@
+/**
+ * The runners mute the waker's words of queues they need no news of (the
+ * device's rx queue while nothing waits for buffers, the driver's tx queue
+ * while nothing waits for room), and unmute them when output waits. These
+ * tests make that wait the only way forward: one write (so the application
+ * does not poke the loop again), a credit window far larger than the ring
+ * (so no credit update comes to wake the sender), and a heartbeat of 30 s,
+ * the loops' only other wake-up. A sender left muted would then move one
+ * ring's worth per heartbeat and miss the tests' 20 s timeout; unmuted, the
+ * transfer takes well under a second.
+ */
+import { assertEquals } from "../../../dev_deps.ts";
+import { enginePair, readAll } from "../../_support/engine_pair.ts";
+import { Prng } from "../../_support/prng.ts";
+
+const BEAT = { heartbeatMs: 30_000 };
+/** 1 MiB through a ring of 8 x 4 KiB: about 32 waits for the other side. */
+const BYTES = 1 << 20;
+
+Deno.test({
+  name:
+    "the device sends into rx buffers the driver posts while output waits for them",
+  timeout: 20_000,
+  fn: async () => {
+    const p = await enginePair({
+      guest: { bufAlloc: 64 << 20 },
+      driver: { queueSize: 8, rxBufferSize: 4096, mergeable: true },
+      deviceRunner: BEAT,
+      driverRunner: BEAT,
+      timeoutMs: 120_000,
+    });
+    try {
+      const listener = p.guest.listen(80);
+      const data = new Prng(7).bytes(BYTES);
+      const received = listener.accept().then((c) => readAll(c.readable));
+      const c = await p.host.connect(80);
+      await c.write(data);
+      c.closeWrite();
+      assertEquals((await received).length, BYTES);
+      listener.close();
+    } finally {
+      await p.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the driver sends into tx space the device frees while output waits for it",
+  timeout: 20_000,
+  fn: async () => {
+    const p = await enginePair({
+      host: { bufAlloc: 64 << 20 },
+      driver: { queueSize: 8, rxBufferSize: 4096, mergeable: true },
+      deviceRunner: BEAT,
+      driverRunner: BEAT,
+      timeoutMs: 120_000,
+    });
+    try {
+      const listener = p.host.listen(9000);
+      const data = new Prng(8).bytes(BYTES);
+      const received = listener.accept().then((c) => readAll(c.readable));
+      const c = await p.guest.connect(9000);
+      await c.write(data);
+      c.closeWrite();
+      assertEquals((await received).length, BYTES);
+      listener.close();
+    } finally {
+      await p.stop();
+    }
+  },
+});
