@@ -17,6 +17,7 @@ import {
   maxQueuedPackets,
 } from "../../../device/vsock/constants.ts";
 import {
+  MAX_READ,
   MIN_CHUNK,
   ReceiveBuffer,
 } from "../../../device/vsock/receive_buffer.ts";
@@ -208,4 +209,27 @@ Deno.test("ReceiveBuffer gives a payload that arrives with nothing unread a buff
   b.push(3, source, false, false);
   const c = b.shift()!;
   assertEquals([c.length, c.buffer.byteLength], [3, 3]);
+});
+
+Deno.test("ReceiveBuffer joins queued STREAM chunks into one read of at most MAX_READ bytes, in order", () => {
+  const b = new ReceiveBuffer(false);
+  const PACKET = 4052; // a 4 KiB rx buffer's payload
+  const COUNT = 40;
+  let next = 0;
+  const source = {
+    copyPayload(dest: Uint8Array, at = 0) {
+      for (let i = 0; i < PACKET; i++) dest[at + i] = next++ & 0xff;
+      return PACKET;
+    },
+  };
+  for (let i = 0; i < COUNT; i++) b.push(PACKET, source, false, false);
+  const reads: number[] = [];
+  let at = 0;
+  for (let c = b.shift(); c !== undefined; c = b.shift()) {
+    reads.push(c.length);
+    for (const x of c) assertEquals(x, at++ & 0xff);
+  }
+  const perRead = Math.floor(MAX_READ / PACKET) * PACKET;
+  assertEquals(reads, [perRead, perRead, COUNT * PACKET - 2 * perRead]);
+  assertEquals([b.bytes, b.entries], [0, 0]);
 });
