@@ -28,7 +28,11 @@
  *                then notifies WAITING
  * [11] MUTED     a bit per watched word (bit i: word i) whose changes do not
  *                wake the main thread; the worker still tracks their values
- * [12..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds
+ * [12] SEEN_SET  main sets 1 after writing SEEN; the worker, leaving PARKED,
+ *                takes SEEN as its snapshot and clears it
+ * [13..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds,
+ *                then SEEN: MAX_WORDS values of the watched words as the
+ *                main thread saw them when it last started a turn
  * ```
  *
  * @module
@@ -46,10 +50,12 @@ export const CTL_CONTROL = 8;
 export const CTL_DEEP = 9;
 export const CTL_PARKED = 10;
 export const CTL_MUTED = 11;
-export const CTL_TABLE = 12;
+export const CTL_SEEN_SET = 12;
+export const CTL_TABLE = 13;
 export const MAX_WORDS = 16;
 export const MAX_FDS = 8;
-export const CTL_LENGTH = CTL_TABLE + 2 * MAX_WORDS + MAX_FDS;
+export const CTL_SEEN = CTL_TABLE + 2 * MAX_WORDS + MAX_FDS;
+export const CTL_LENGTH = CTL_SEEN + MAX_WORDS;
 
 /** Where the worker finds the region's memory. */
 export type WakerMemory =

@@ -26,6 +26,8 @@ import {
   CTL_MUTED,
   CTL_PARKED,
   CTL_PENDING,
+  CTL_SEEN,
+  CTL_SEEN_SET,
   CTL_SLEEP,
   CTL_STOP,
   CTL_TABLE,
@@ -208,6 +210,13 @@ function run(init: WakerInit): void {
         Atomics.wait(ctl, CTL_WAITING, 0, init.options.idleSleepMs);
       }
       Atomics.store(ctl, CTL_PARKED, 0);
+      // Compare with what the main thread saw when its last turn began,
+      // not with our older look: what it has handled is no news.
+      if (Atomics.exchange(ctl, CTL_SEEN_SET, 0) === 1) {
+        for (let i = 0; i < snapshot.length; i++) {
+          snapshot[i] = Atomics.load(ctl, CTL_SEEN + i) >>> 0;
+        }
+      }
       continue;
     }
     if (changed()) {

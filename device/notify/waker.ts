@@ -24,6 +24,8 @@ import {
   CTL_MUTED,
   CTL_PARKED,
   CTL_PENDING,
+  CTL_SEEN,
+  CTL_SEEN_SET,
   CTL_SLEEP,
   CTL_STOP,
   CTL_TABLE,
@@ -83,6 +85,7 @@ export class Waker {
   #closed: Promise<void> | null = null;
   #stopped: PromiseWithResolvers<void> = Promise.withResolvers<void>();
   #wakeLine: WakeLine;
+  #words: WatchedWord[] = [];
 
   /**
    * Starts the worker over `region`.
@@ -144,6 +147,8 @@ export class Waker {
       }
     }
     const ctl = this.#ctl;
+    this.#words = [...words];
+    Atomics.store(ctl, CTL_SEEN_SET, 0);
     words.forEach((w, i) => {
       Atomics.store(ctl, CTL_TABLE + 2 * i, w.offset);
       Atomics.store(ctl, CTL_TABLE + 2 * i + 1, w.width);
@@ -176,6 +181,24 @@ export class Waker {
     // CPU) is only worth it when it sleeps long. The worker sets DEEP before
     // it reads ACTIVITY for the last time, so one of us sees the other.
     if (Atomics.load(this.#ctl, CTL_DEEP) === 1) this.#nudge();
+  }
+
+  /**
+   * Records the watched words as they are now: call it as a turn over the
+   * rings begins. When the worker next resumes watching it compares with
+   * these, so that what this thread handled in that turn does not wake it
+   * again (otherwise every wait after a busy spell began with a wake-up
+   * for nothing).
+   */
+  noteSeen(): void {
+    const ctl = this.#ctl;
+    const r = this.region;
+    for (let i = 0; i < this.#words.length; i++) {
+      const w = this.#words[i]!;
+      const v = w.width === 2 ? r.load16(w.offset) : r.load32(w.offset);
+      Atomics.store(ctl, CTL_SEEN + i, v);
+    }
+    Atomics.store(ctl, CTL_SEEN_SET, 1);
   }
 
   /**

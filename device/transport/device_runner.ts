@@ -181,6 +181,7 @@ export class DeviceRunner {
   #turn(): number {
     const q = this.transport.queues;
     if (q === null) return 0;
+    this.#waker.noteSeen();
     let work = 0;
     while (work < this.#batch && q.deviceTx.next()) {
       this.#port.receive(q.deviceTx.packet);

@@ -198,6 +198,7 @@ export class DriverRunner {
   }
 
   #turn(q: DriverQueues): number {
+    this.#waker.noteSeen();
     let work = 0;
     while (work < this.#batch && q.driverRx.next()) {
       this.#port.receive(q.driverRx.packet);
