@@ -7,6 +7,7 @@
  */
 
 import { z } from "../deps.ts";
+import { DEFAULT_BUF_ALLOC } from "../device/vsock/constants.ts";
 
 /** Largest vsock port; 0xffffffff is VMADDR_PORT_ANY. */
 export const MAX_VSOCK_PORT = 0xfffffffe;
@@ -234,8 +235,12 @@ export const Device = z.object({
     socket: z.string().min(1),
     vectors: intIn(1, 64).default(2),
   }).strict().optional(),
-  /** Receive buffer per vsock connection (buf_alloc). */
-  bufAlloc: intIn(4096, 16 << 20).default(256 * 1024),
+  /**
+   * Largest receive window per vsock connection (buf_alloc): windows start
+   * at 256 KiB (or this, if smaller) and grow to it while the reader keeps
+   * up (device/vsock/constants.ts).
+   */
+  bufAlloc: intIn(4096, 16 << 20).default(DEFAULT_BUF_ALLOC),
   /** Largest virtqueue the device accepts. */
   maxQueueSize: intIn(1, 32768).refine((n) => (n & (n - 1)) === 0, {
     error: (iss) => `expected a power of two, received ${received(iss.input)}`,

@@ -38,7 +38,11 @@ import {
   TYPE,
 } from "../packets/header.ts";
 import type { InboundPacket } from "../packets/inbound_packet.ts";
-import { creditUpdateThreshold, maxQueuedPackets } from "./constants.ts";
+import {
+  creditUpdateThreshold,
+  growBufAlloc,
+  maxQueuedPackets,
+} from "./constants.ts";
 import { peerFree, u32Diff } from "./credit.ts";
 import { VsockError, type VsockErrorCode } from "./errors.ts";
 import { ReceiveBuffer } from "./receive_buffer.ts";
@@ -70,7 +74,10 @@ export interface PacketSink {
 export interface ConnectionHost {
   readonly localCid: number;
   readonly peerCid: number;
+  /** The largest receive window a connection may grow to. */
   readonly bufAlloc: number;
+  /** The receive window a connection starts with. */
+  readonly initialBufAlloc: number;
   readonly closeTimeoutMs: number;
   /** The connection has packets to send. */
   schedule(conn: VsockConnection): void;
@@ -130,6 +137,8 @@ export class VsockConnection {
 
   // Credit, ours and the peer's.
   #fwdCnt = 0;
+  /** Our receive window (buf_alloc): grows, never shrinks. */
+  #bufAlloc: number;
   #rxCnt = 0;
   #lastSentFwdCnt = 0;
   #peerBufAlloc = 0;
@@ -178,6 +187,7 @@ export class VsockConnection {
     const now = Date.now();
     this.stats = { bytesIn: 0, bytesOut: 0, createdAt: now, lastActivity: now };
     this.#recv = new ReceiveBuffer(init.type === TYPE.SEQPACKET);
+    this.#bufAlloc = host.initialBufAlloc;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
 
@@ -302,6 +312,11 @@ export class VsockConnection {
     let n = 0;
     for (const w of this.#writes) n += w.chunk.length - w.offset;
     return n;
+  }
+
+  /** The receive window we advertise (buf_alloc), in bytes. */
+  get receiveWindow(): number {
+    return this.#bufAlloc;
   }
 
   /** The peer's advertised space left for our data. */
@@ -490,19 +505,19 @@ export class VsockConnection {
       return;
     }
     const len = h.len;
-    if (this.#recv.bytes + len > this.#host.bufAlloc) {
+    if (this.#recv.bytes + len > this.#bufAlloc) {
       this.#protocolError(
-        `peer sent ${len} bytes with ${this.#recv.bytes} of ${this.#host.bufAlloc} already buffered: beyond the credit it was given`,
+        `peer sent ${len} bytes with ${this.#recv.bytes} of ${this.#bufAlloc} already buffered: beyond the credit it was given`,
       );
       return;
     }
     // Credit counts bytes only, and an empty SEQPACKET message uses none, so
     // the number of queued messages is capped too (see maxQueuedPackets).
     // Nothing is queued once reading has stopped.
-    const most = maxQueuedPackets(this.#host.bufAlloc);
+    const most = maxQueuedPackets(this.#bufAlloc);
     if (!this.#readDone && this.#recv.entries >= most) {
       this.#protocolError(
-        `peer sent more than ${most} packets for the application to read (${this.#recv.bytes} bytes): the memory a ${this.#host.bufAlloc}-byte receive buffer allows`,
+        `peer sent more than ${most} packets for the application to read (${this.#recv.bytes} bytes): the memory a ${this.#bufAlloc}-byte receive buffer allows`,
       );
       return;
     }
@@ -598,7 +613,7 @@ export class VsockConnection {
     h.dstPort = this.peerPort;
     h.type = this.type;
     h.flags = 0;
-    h.bufAlloc = this.#host.bufAlloc;
+    h.bufAlloc = this.#bufAlloc;
     h.fwdCnt = this.#fwdCnt;
   }
 
@@ -702,9 +717,16 @@ export class VsockConnection {
   #consumed(n: number): void {
     this.#fwdCnt = (this.#fwdCnt + n) >>> 0;
     if (this.#fwdCnt === this.#lastSentFwdCnt) return;
-    const believed = this.#host.bufAlloc -
+    const believed = this.#bufAlloc -
       u32Diff(this.#rxCnt, this.#lastSentFwdCnt);
-    if (believed < creditUpdateThreshold(this.#host.bufAlloc)) {
+    if (believed < creditUpdateThreshold(this.#bufAlloc)) {
+      if (!this.#readDone) {
+        this.#bufAlloc = growBufAlloc(
+          this.#bufAlloc,
+          this.#host.bufAlloc,
+          this.#recv.bytes,
+        );
+      }
       this.#pending |= P_CREDIT_UPDATE;
       this.#schedule();
     }

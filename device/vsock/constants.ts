@@ -18,11 +18,38 @@ export const CONNECT_TIMEOUT_MS = 2000;
 export const CLOSE_TIMEOUT_MS = 8000;
 
 /**
- * Receive buffer advertised per connection (buf_alloc): Linux's default
- * socket buffer_size, 256 KiB. Memory held for a connection's unread data
- * never exceeds it: a peer that sends more is reset.
+ * Receive window a connection starts with (buf_alloc): Linux's default
+ * socket buffer_size, 256 KiB.
  */
-export const DEFAULT_BUF_ALLOC = 256 * 1024;
+export const INITIAL_BUF_ALLOC = 256 * 1024;
+
+/**
+ * Largest receive window a connection grows to (see
+ * {@linkcode growBufAlloc}), and so the most memory its unread data can
+ * hold: a peer that sends more is reset. 4 MiB, the order of Linux's TCP
+ * receive autotuning limit (tcp_rmem max 6 MiB): with two processes in the
+ * path on two shared cores each stage runs in bursts of a scheduler slice,
+ * and bulk transfer took 256 KiB windows 550-640 MiB/s, 1 MiB 720-870, 4
+ * MiB 890-1,275 (docs/performance.md).
+ */
+export const DEFAULT_BUF_ALLOC = 4 * 1024 * 1024;
+
+/**
+ * The window after a credit update, as TCP's receive autotuning grows its
+ * buffer: doubled (up to `max`) when the peer used half the window since
+ * the last update while the reader kept up (at most an eighth of it left
+ * unread), since then the window, not the reader, limits the connection.
+ * A reader that falls behind never grows it, so a slow consumer holds no
+ * more than the starting window.
+ */
+export function growBufAlloc(
+  current: number,
+  max: number,
+  unread: number,
+): number {
+  if (current >= max || unread > current >>> 3) return current;
+  return Math.min(max, current * 2);
+}
 
 /**
  * Send a CREDIT_UPDATE once the space the peer believes it has left falls

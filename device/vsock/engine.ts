@@ -42,6 +42,7 @@ import {
   DEFAULT_MAX_CONNECTIONS,
   EPHEMERAL_FIRST,
   EPHEMERAL_LAST,
+  INITIAL_BUF_ALLOC,
   MAX_PENDING_REPLIES,
   PACKETS_PER_TURN,
 } from "./constants.ts";
@@ -56,7 +57,10 @@ import { VsockListener } from "./listener.ts";
 
 /** Engine settings. */
 export interface EngineOptions {
-  /** Receive buffer per connection (buf_alloc). @default {DEFAULT_BUF_ALLOC} */
+  /**
+   * The largest receive window (buf_alloc) a connection grows to, and so
+   * the most unread data it holds. @default {DEFAULT_BUF_ALLOC}
+   */
   bufAlloc?: number;
   connectTimeoutMs?: number;
   closeTimeoutMs?: number;
@@ -105,6 +109,8 @@ const EMPTY = new Uint8Array(0);
 /** One side's vsock connections over one transport. */
 export class VsockEngine implements ConnectionHost {
   readonly bufAlloc: number;
+  /** The window each connection starts with: 256 KiB, or less if bufAlloc is. */
+  readonly initialBufAlloc: number;
   readonly connectTimeoutMs: number;
   readonly closeTimeoutMs: number;
   readonly maxConnections: number;
@@ -135,6 +141,7 @@ export class VsockEngine implements ConnectionHost {
 
   constructor(options: EngineOptions = {}) {
     this.bufAlloc = options.bufAlloc ?? DEFAULT_BUF_ALLOC;
+    this.initialBufAlloc = Math.min(INITIAL_BUF_ALLOC, this.bufAlloc);
     this.connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
     this.closeTimeoutMs = options.closeTimeoutMs ?? CLOSE_TIMEOUT_MS;
     this.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;

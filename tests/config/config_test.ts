@@ -778,7 +778,7 @@ Deno.test("parseConfig fills in the defaults of a minimal config", () => {
       region: REGION,
       size: 4 << 20,
       guestCid: 3,
-      bufAlloc: 256 * 1024,
+      bufAlloc: 4 << 20,
       maxQueueSize: 1024,
       driverTimeoutMs: 3000,
     },

@@ -294,7 +294,7 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzReport> {
     if (
       !clock.inEpisode && f !== null && f.type === TYPE.SEQPACKET &&
       dq !== null &&
-      gq !== null && f.sent > maxQueuedPackets(rig.host.bufAlloc) + 1 &&
+      gq !== null && f.sent > maxQueuedPackets(rig.host.initialBufAlloc) + 1 &&
       dq.tx.lastAvail === rig.region.load16(gq.tx.layout.avail + AVAIL_IDX)
     ) {
       const c = sinks.find(SINK_SEQ_PORT, f.port);

@@ -179,6 +179,62 @@ Deno.test("every packet carries our current buf_alloc and fwd_cnt", async () => 
   w.write(new Uint8Array(10)).catch(() => {});
   await tick();
   const [rw] = p.pump();
-  assertEquals([rw!.h.bufAlloc, rw!.h.fwdCnt], [1 << 20, 300]);
+  assertEquals([rw!.h.bufAlloc, rw!.h.fwdCnt], [conn.receiveWindow, 300]);
+  assertEquals(conn.receiveWindow, p.engine.initialBufAlloc);
+  p.engine.close();
+});
+
+Deno.test("a connection's receive window doubles up to the engine's bufAlloc while its reader keeps up", async () => {
+  const p = new ScriptedPeer({ bufAlloc: 1 << 20 });
+  const conn = await open(p, 65536);
+  const reader = conn.readable.getReader();
+  const windows: number[] = [];
+  let sent = 0;
+  // The peer sends what it believes it may, the reader takes it at once.
+  for (let round = 0; round < 6; round++) {
+    // Just over half the window, in 64 KiB packets, read as it comes.
+    const chunk = (conn.receiveWindow >>> 1) + 4096;
+    for (let at = 0; at < chunk; at += 65536) {
+      const n = Math.min(65536, chunk - at);
+      p.deliver(
+        { op: OP.RW, srcPort: 5000, dstPort: 5080 },
+        new Uint8Array(n),
+      );
+      await reader.read();
+    }
+    sent += chunk;
+    const updates = p.pump().filter((s) => opName(s.h.op) === "CREDIT_UPDATE");
+    assertEquals(updates.length, 1, `round ${round}: one credit update`);
+    assertEquals(updates[0]!.h.fwdCnt, sent);
+    windows.push(updates[0]!.h.bufAlloc);
+  }
+  assertEquals(windows, [
+    512 << 10,
+    1 << 20,
+    1 << 20,
+    1 << 20,
+    1 << 20,
+    1 << 20,
+  ]);
+  assertEquals(conn.state, "established");
+  p.engine.close();
+});
+
+Deno.test("a connection whose reader falls behind keeps its starting window", async () => {
+  const p = new ScriptedPeer({ bufAlloc: 1 << 20 });
+  const conn = await open(p, 65536);
+  const start = conn.receiveWindow;
+  // Fill the window; the reader takes only the first half, leaving the
+  // rest unread when the credit update goes out.
+  const half = start >>> 1;
+  p.deliver({ op: OP.RW, srcPort: 5000, dstPort: 5080 }, new Uint8Array(half));
+  p.deliver({ op: OP.RW, srcPort: 5000, dstPort: 5080 }, new Uint8Array(half));
+  const reader = conn.readable.getReader();
+  let got = 0;
+  while (got < half) got += (await reader.read()).value!.length;
+  assertEquals(got, half, "one read of the first packet only");
+  const [update] = p.pump().filter((s) => opName(s.h.op) === "CREDIT_UPDATE");
+  assertEquals(update!.h.bufAlloc, start);
+  assertEquals(conn.receiveWindow, start);
   p.engine.close();
 });

@@ -29,8 +29,8 @@ Deno.test("engine answers a REQUEST to a listening port with RESPONSE and hands 
   );
   assertEquals(
     response!.h.bufAlloc,
-    p.engine.bufAlloc,
-    "every packet carries buf_alloc",
+    p.engine.initialBufAlloc,
+    "every packet carries buf_alloc, the starting window at first",
   );
   const conn = await listener.accept();
   assertEquals([conn.localPort, conn.peerPort, conn.state], [

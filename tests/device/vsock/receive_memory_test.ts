@@ -89,7 +89,7 @@ Deno.test("engine holds one-byte STREAM packets sent within credit without reset
   const p = new ScriptedPeer();
   const conn = await unread(p, TYPE.STREAM);
   // A whole window of one-byte packets: credit allows it, so must we.
-  const n = DEFAULT_BUF_ALLOC;
+  const n = conn.receiveWindow;
   const one = new Uint8Array(1);
   for (let i = 0; i < n; i++) {
     one[0] = i * 7;
@@ -117,7 +117,7 @@ Deno.test("engine does not count packets against the limit once the application 
   const conn = await unread(p, TYPE.SEQPACKET);
   await conn.readable.cancel();
   p.pump();
-  for (let i = 0; i < maxQueuedPackets(DEFAULT_BUF_ALLOC) * 2; i++) {
+  for (let i = 0; i < maxQueuedPackets(conn.receiveWindow) * 2; i++) {
     rw(p, TYPE.SEQPACKET, new Uint8Array(0));
   }
   assertEquals(conn.closeInfo, null, "consumed on arrival, nothing queued");
