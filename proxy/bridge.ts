@@ -21,6 +21,7 @@
  */
 
 import type { VsockConnection } from "../device/vsock/connection.ts";
+import { recycleChunk } from "../device/vsock/chunk_pool.ts";
 import { ChunkReader, closeQuietly, writeAll } from "./tcp_streams.ts";
 
 /** How a bridged connection ended. */
@@ -136,6 +137,8 @@ export function bridge(
       }
       try {
         await writeAll(socket, chunk);
+        // The socket has copied it: the next packets can use its buffer.
+        recycleChunk(chunk);
       } catch {
         // The socket could not take the bytes: it reset or went away. Stop
         // reading, and send RST rather than only SHUTDOWN(RCV): otherwise

@@ -20,6 +20,7 @@
  * @module
  */
 
+import { allocChunk, POOLED_BYTES, recycleChunk } from "./chunk_pool.ts";
 import { MessageRing } from "./message_ring.ts";
 import { VsockMessage } from "./vsock_message.ts";
 
@@ -36,7 +37,7 @@ export const MIN_CHUNK = 4096;
  * Most bytes one STREAM read joins from several queued chunks: one vsock
  * packet's worth, what the bridges read from a socket at most at once.
  */
-export const MAX_READ = 64 * 1024;
+export const MAX_READ = POOLED_BYTES;
 
 /** The message ring of every STREAM buffer: never pushed to. */
 const NO_MESSAGES = new MessageRing();
@@ -123,12 +124,14 @@ export class ReceiveBuffer {
     // hand them over as one piece, so that the bridge writes its socket in
     // large pieces. With 4 KiB rx buffers it made one write(2) per packet,
     // which took 40% of the guest agent's time.
-    const out = new Uint8Array(total);
+    const out = allocChunk(total);
     out.set(first);
+    recycleChunk(first);
     let at = first.length;
     for (let i = 0; i < n; i++) {
       const chunk = this.#shiftChunk()!;
       out.set(chunk, at);
+      recycleChunk(chunk);
       at += chunk.length;
     }
     return out;
@@ -149,6 +152,7 @@ export class ReceiveBuffer {
   /** Drops everything; returns how many bytes were dropped. */
   clear(): number {
     const n = this.bytes;
+    for (const chunk of this.#chunks) recycleChunk(chunk);
     this.#chunks = [];
     this.#tailUsed = 0;
     this.#headUsed = 0;
@@ -206,7 +210,7 @@ export class ReceiveBuffer {
     // a few large chunks rather than one allocation each (that was a tenth
     // of the guest agent's time), while spare room never exceeds what is
     // unread, plus MIN_CHUNK.
-    const chunk = new Uint8Array(
+    const chunk = allocChunk(
       tail === undefined
         ? len
         : Math.max(len, MIN_CHUNK, Math.min(MAX_READ, this.bytes)),
