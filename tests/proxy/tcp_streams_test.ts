@@ -1,13 +1,13 @@
 /**
  * ChunkReader sizes its read buffer to the traffic: small while messages
- * are small (an idle connection's pending read holds little), growing to a
- * vsock packet's worth for bulk data.
+ * are small (an idle connection's pending read holds little), growing to
+ * READ_SIZE for bulk data.
  */
 import { assert, assertEquals } from "../../dev_deps.ts";
-import { ChunkReader } from "../../proxy/tcp_streams.ts";
+import { ChunkReader, READ_SIZE } from "../../proxy/tcp_streams.ts";
 import { Prng } from "../_support/prng.ts";
 
-Deno.test("ChunkReader starts with small reads, grows them to 64 KiB for bulk data, and delivers every byte in order", async () => {
+Deno.test("ChunkReader starts with small reads, grows them to READ_SIZE for bulk data, and delivers every byte in order", async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   const data = new Prng(3).bytes(4 << 20);
@@ -37,7 +37,7 @@ Deno.test("ChunkReader starts with small reads, grows them to 64 KiB for bulk da
   assertEquals(at, data.length);
   assert(got.every((b, i) => b === data[i]), "bytes in order");
   assert(sizes[0]! <= 1024, `first read ${sizes[0]} bytes, at most 1 KiB`);
-  assertEquals(Math.max(...sizes), 64 * 1024, "bulk reads reach 64 KiB");
+  assertEquals(Math.max(...sizes), READ_SIZE, "bulk reads reach READ_SIZE");
 });
 
 Deno.test("ChunkReader.readView() returns views of the reader's own buffer, which the next read reuses", async () => {
