@@ -142,10 +142,10 @@ export async function report(
 /**
  * Quiet time before each measurement: longer than the wakers' spin and
  * short-poll phases (device/notify/waker.ts), so that ivsock's pollers
- * have gone back to sleep before a baseline runs. Otherwise their spinning
- * keeps both vCPUs awake and the baseline gets faster with them: TCP
- * loopback's round trip measured 22-38 us beside spinning wakers against
- * 70-76 us on a quiet machine.
+ * have gone back to sleep before a baseline runs. Otherwise they change
+ * it: TCP loopback's round trip measured 22-38 us beside spinning wakers
+ * (they keep the vCPUs awake), 57-82 us beside wakers polling every 0.1 ms,
+ * and 24-28 us on a quiet machine.
  */
 const SETTLE_MS = 200;
 
