@@ -62,7 +62,8 @@ export interface WatchedWord {
  * round trip through both processes take 400-450 us; with the yielding
  * spin it takes 180-190 us, and bulk transfer gains 20-30%
  * (docs/performance.md). Spinning without yielding starved the main
- * threads on two cores (p99 5-8 ms); 5 ms of spin was no better than 2.
+ * threads on two cores (p99 5-8 ms); 5 or 20 ms of spin measured 10-20%
+ * better than 2, within a run's noise, for far more CPU between requests.
  * With doorbells the worker blocks on them after the spin instead of
  * polling (see _waker_worker.ts).
  */
@@ -120,7 +121,9 @@ export class Waker {
         memory,
         control,
         options: { ...DEFAULT_BACKOFF, ...backoff },
-        wakeSocket: this.#wakeLine.path,
+        ...(this.#wakeLine.path === undefined
+          ? {}
+          : { wakeSocket: this.#wakeLine.path }),
       } satisfies WakerInit,
     );
   }
@@ -294,32 +297,49 @@ export class Waker {
  * 60 us p99 from a worker's write to the main thread running, against 35-42
  * us p50 and 260-300 us p99 for `postMessage` (docs/performance.md). The
  * socket is made with `Deno.listen` in a private directory, which is
- * removed once the worker has connected; until then (or if it cannot
- * connect) the worker falls back to `postMessage`.
+ * removed once the worker has connected; until then, or if it cannot
+ * connect, or if there is nowhere to make the socket (no writable temporary
+ * directory), the worker falls back to `postMessage`.
  */
 class WakeLine {
-  readonly path: string;
-  #dir: string;
-  #listener: Deno.UnixListener;
+  /** Where the worker connects; undefined when no socket could be made. */
+  readonly path: string | undefined;
+  #listener: Deno.UnixListener | null = null;
   #conn: Deno.UnixConn | null = null;
   #closing = false;
-  #done: Promise<void>;
+  #done: Promise<void> = Promise.resolve();
 
   constructor(onWake: () => void) {
-    this.#dir = Deno.makeTempDirSync({ prefix: "ivsock-waker-" });
-    this.path = `${this.#dir}/wake.sock`;
-    this.#listener = Deno.listen({ transport: "unix", path: this.path });
-    this.#done = this.#serve(onWake);
+    let dir: string;
+    try {
+      dir = Deno.makeTempDirSync({ prefix: "ivsock-waker-" });
+    } catch {
+      this.path = undefined;
+      return;
+    }
+    try {
+      this.path = `${dir}/wake.sock`;
+      this.#listener = Deno.listen({ transport: "unix", path: this.path });
+    } catch {
+      this.path = undefined;
+      removeQuietly(dir);
+      return;
+    }
+    this.#done = this.#serve(this.#listener, dir, onWake);
   }
 
-  async #serve(onWake: () => void): Promise<void> {
+  async #serve(
+    listener: Deno.UnixListener,
+    dir: string,
+    onWake: () => void,
+  ): Promise<void> {
     try {
-      this.#conn = await this.#listener.accept();
+      this.#conn = await listener.accept();
     } catch {
       return; // closed before the worker connected
     } finally {
-      closeQuietly(this.#listener);
-      Deno.removeSync(this.#dir, { recursive: true });
+      closeQuietly(listener);
+      removeQuietly(dir);
     }
     if (this.#closing) {
       this.#conn.close();
@@ -343,7 +363,8 @@ class WakeLine {
 
   async close(): Promise<void> {
     this.#closing = true;
-    closeQuietly(this.#conn ?? this.#listener);
+    const open = this.#conn ?? this.#listener;
+    if (open !== null) closeQuietly(open);
     await this.#done;
   }
 }
@@ -353,6 +374,14 @@ function closeQuietly(resource: { close(): void }): void {
     resource.close();
   } catch {
     // Closed already.
+  }
+}
+
+function removeQuietly(dir: string): void {
+  try {
+    Deno.removeSync(dir, { recursive: true });
+  } catch {
+    // Gone already; nothing else uses it.
   }
 }
 

@@ -152,3 +152,25 @@ Deno.test("a change made while the main thread was busy is reported by its next 
     await waker.close();
   }
 });
+
+Deno.test("without a writable temporary directory the worker wakes the main thread by postMessage", async () => {
+  const tmp = Deno.env.get("TMPDIR");
+  Deno.env.set("TMPDIR", "/nonexistent/ivsock-no-tmp");
+  let waker: Waker;
+  try {
+    waker = new Waker(Region.alloc(4096));
+  } finally {
+    if (tmp === undefined) Deno.env.delete("TMPDIR");
+    else Deno.env.set("TMPDIR", tmp);
+  }
+  try {
+    waker.watch([{ offset: WORD, width: 4 }]);
+    await sleep(200);
+    assertEquals(waker.wakeChannel, "message");
+    const woke = waker.wait(10_000);
+    waker.region.store32(WORD, 1);
+    assertEquals(await woke, "changed");
+  } finally {
+    await waker.close();
+  }
+});
