@@ -30,7 +30,9 @@
  *                wake the main thread; the worker still tracks their values
  * [12] SEEN_SET  main sets 1 after writing SEEN; the worker, leaving PARKED,
  *                takes SEEN as its snapshot and clears it
- * [13..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds,
+ * [13] LOADED    the VERSION of the watch list the worker last loaded (and
+ *                took its snapshot of): equal to VERSION once it watches it
+ * [14..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds,
  *                then SEEN: MAX_WORDS values of the watched words as the
  *                main thread saw them when it last started a turn
  * ```
@@ -51,7 +53,8 @@ export const CTL_DEEP = 9;
 export const CTL_PARKED = 10;
 export const CTL_MUTED = 11;
 export const CTL_SEEN_SET = 12;
-export const CTL_TABLE = 13;
+export const CTL_LOADED = 13;
+export const CTL_TABLE = 14;
 export const MAX_WORDS = 16;
 export const MAX_FDS = 8;
 export const CTL_SEEN = CTL_TABLE + 2 * MAX_WORDS + MAX_FDS;

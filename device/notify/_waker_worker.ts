@@ -23,6 +23,7 @@ import {
   CTL_CONTROL,
   CTL_DEEP,
   CTL_FDS,
+  CTL_LOADED,
   CTL_MUTED,
   CTL_PARKED,
   CTL_PENDING,
@@ -50,12 +51,19 @@ const SOCK_STREAM_NONBLOCK_CLOEXEC = 1 | 0o4000 | 0o2000000;
 const SOCKADDR_UN_SIZE = 110;
 const MSG_NOSIGNAL = 0x4000;
 
-/** A non-blocking connection to the main thread's wake socket, or -1. */
+/**
+ * A non-blocking connection to the main thread's wake socket, or -1. Once
+ * connected it removes the socket and its private directory: nobody else
+ * connects, and a process that dies before its main thread gets to it
+ * leaves nothing behind in the temporary directory.
+ */
 function connectUnix(
   libc: {
     socket(d: number, t: number, p: number): number;
     connect(fd: number, addr: Uint8Array, len: number): number;
     close(fd: number): number;
+    unlink(path: Uint8Array): number;
+    rmdir(path: Uint8Array): number;
   },
   path: string,
 ): number {
@@ -72,6 +80,9 @@ function connectUnix(
     libc.close(fd);
     return -1;
   }
+  const cString = (s: string) => new TextEncoder().encode(`${s}\0`);
+  libc.unlink(cString(path));
+  libc.rmdir(cString(path.slice(0, path.lastIndexOf("/"))));
   return fd;
 }
 
@@ -85,6 +96,8 @@ function run(init: WakerInit): void {
     send: { parameters: ["i32", "buffer", "u64", "i32"], result: "i64" },
     sched_yield: { parameters: [], result: "i32" },
     close: { parameters: ["i32"], result: "i32" },
+    unlink: { parameters: ["buffer"], result: "i32" },
+    rmdir: { parameters: ["buffer"], result: "i32" },
   });
   // PR_SET_TIMERSLACK (29), for this thread only: Linux lets a timed sleep
   // overrun by the slack (50 us by default), which would turn our 100 us
@@ -137,6 +150,7 @@ function run(init: WakerInit): void {
       pollView.setInt32(8 * i, fd, true);
       pollView.setInt16(8 * i + 4, 1, /* POLLIN */ true);
     }
+    Atomics.store(ctl, CTL_LOADED, version);
   };
 
   const changed = () => {

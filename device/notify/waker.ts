@@ -21,6 +21,7 @@ import {
   CTL_DEEP,
   CTL_FDS,
   CTL_LENGTH,
+  CTL_LOADED,
   CTL_MUTED,
   CTL_PARKED,
   CTL_PENDING,
@@ -214,6 +215,16 @@ export class Waker {
    */
   mute(mask: number): void {
     Atomics.store(this.#ctl, CTL_MUTED, mask);
+  }
+
+  /**
+   * Whether the worker watches the list last given to {@linkcode watch}:
+   * changes made from now on are reported. (It starts asynchronously, and a
+   * cold start may take seconds while Deno compiles its module.)
+   */
+  get watching(): boolean {
+    const ctl = this.#ctl;
+    return Atomics.load(ctl, CTL_LOADED) === Atomics.load(ctl, CTL_VERSION);
   }
 
   /**

@@ -13,12 +13,22 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/**
+ * Waits until the worker watches the current list. Its first start can take
+ * seconds on a cold module cache (Deno compiles it), so a fixed sleep is not
+ * enough.
+ */
+async function watching(waker: Waker): Promise<void> {
+  for (let i = 0; i < 600 && !waker.watching; i++) await sleep(50);
+  assert(waker.watching, "the worker took the watch list within 30 s");
+}
+
 Deno.test("a waker reports a watched word that changes", async () => {
   const region = Region.alloc(4096);
   const waker = new Waker(region);
   try {
     waker.watch([{ offset: WORD, width: 4 }]);
-    await sleep(200); // the worker starts and takes its first snapshot
+    await watching(waker);
     const woke = waker.wait(10_000);
     region.store32(WORD, 1);
     assertEquals(await woke, "changed");
@@ -39,6 +49,7 @@ Deno.test("activity() ends the worker's idle sleep, so the next change is seen a
   });
   try {
     waker.watch([{ offset: WORD, width: 4 }]);
+    await watching(waker);
     await sleep(600); // past the short phase: the worker is in its long sleep
     waker.activity();
     await sleep(50); // the worker is polling again
@@ -62,6 +73,7 @@ Deno.test("a change during the worker's idle sleep is seen at the end of that sl
   });
   try {
     waker.watch([{ offset: WORD, width: 4 }]);
+    await watching(waker);
     await sleep(300);
     const woke = waker.wait(5_000);
     region.store32(WORD, 7);
@@ -76,6 +88,8 @@ Deno.test("the worker wakes the main thread through the wake socket, not postMes
   const waker = new Waker(region);
   try {
     waker.watch([{ offset: WORD, width: 4 }]);
+    await watching(waker);
+    // The worker has connected; this thread's accept may still be due.
     for (let i = 0; i < 100 && waker.wakeChannel !== "socket"; i++) {
       await sleep(50);
     }
@@ -102,7 +116,7 @@ Deno.test("in the spin phase a change is seen at once, not after a sleep", async
   });
   try {
     waker.watch([{ offset: WORD, width: 4 }]);
-    await sleep(200);
+    await watching(waker);
     for (let v = 1; v <= 3; v++) {
       const woke = waker.wait(10_000);
       region.store32(WORD, v);
@@ -118,7 +132,7 @@ Deno.test("a muted word's changes do not wake; once unmuted, its next change doe
   const waker = new Waker(region);
   try {
     waker.watch([{ offset: WORD, width: 4 }, { offset: WORD + 4, width: 4 }]);
-    await sleep(200);
+    await watching(waker);
     waker.mute(0b10);
     let woke = waker.wait(300);
     region.store32(WORD + 4, 1);
@@ -144,7 +158,8 @@ Deno.test("a change made while the main thread was busy is reported by its next 
   });
   try {
     waker.watch([{ offset: WORD, width: 4 }]);
-    await sleep(200); // the worker parks: nobody waits
+    await watching(waker);
+    await sleep(100); // the worker parks: nobody waits
     region.store32(WORD, 5);
     await sleep(100);
     assertEquals(await waker.wait(10_000), "changed");
@@ -165,7 +180,7 @@ Deno.test("without a writable temporary directory the worker wakes the main thre
   }
   try {
     waker.watch([{ offset: WORD, width: 4 }]);
-    await sleep(200);
+    await watching(waker);
     assertEquals(waker.wakeChannel, "message");
     const woke = waker.wait(10_000);
     waker.region.store32(WORD, 1);
