@@ -336,7 +336,14 @@ class WakeLine {
       removeQuietly(dir);
       return;
     }
-    this.#done = this.#serve(this.#listener, dir, onWake);
+    // The worker removes the directory once it has connected, and #serve
+    // once it has accepted; a process that exits before either (a cold
+    // start takes seconds) removes it on its way out.
+    const onUnload = () => removeQuietly(dir);
+    globalThis.addEventListener("unload", onUnload);
+    this.#done = this.#serve(this.#listener, dir, onWake).finally(() =>
+      globalThis.removeEventListener("unload", onUnload)
+    );
   }
 
   async #serve(

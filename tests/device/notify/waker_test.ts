@@ -189,3 +189,27 @@ Deno.test("without a writable temporary directory the worker wakes the main thre
     await waker.close();
   }
 });
+
+Deno.test("a process that exits before its worker connects leaves no wake socket behind", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "ivsock-test-waker-tmp-" });
+  try {
+    const waker = new URL("../../../device/notify/waker.ts", import.meta.url);
+    const region = new URL("../../../device/shm/region.ts", import.meta.url);
+    const code = `
+      const { Waker } = await import(${JSON.stringify(waker.href)});
+      const { Region } = await import(${JSON.stringify(region.href)});
+      new Waker(Region.alloc(4096));
+      Deno.exit(0);
+    `;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      env: { TMPDIR: tmp },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    assertEquals(await Array.fromAsync(Deno.readDir(tmp)), []);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
