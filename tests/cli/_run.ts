@@ -30,16 +30,21 @@ export class Cli {
 
   constructor(args: string[]) {
     this.args = args;
+    // A temporary directory of its own, removed once it has exited: a child
+    // killed early (some tests SIGKILL it) cannot clean up its own (the
+    // waker's socket directory lives there until its worker connects).
+    const tmp = Deno.makeTempDirSync({ prefix: "ivsock-test-cli-" });
     this.#process = new Deno.Command(Deno.execPath(), {
       args: ["run", "--allow-all", MOD, ...args],
       cwd: REPO,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1" },
+      env: { NO_COLOR: "1", TMPDIR: tmp },
     }).spawn();
     this.#status = this.#process.status.then((s) => {
       this.#exited = true;
+      Deno.removeSync(tmp, { recursive: true });
       return s;
     });
     this.#stdout = new Response(this.#process.stdout).text();
