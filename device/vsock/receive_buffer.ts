@@ -35,7 +35,8 @@ export const MIN_CHUNK = 4096;
 
 /**
  * Most bytes one STREAM read joins from several queued chunks: one vsock
- * packet's worth, what the bridges read from a socket at most at once.
+ * packet's worth, and the size of a pooled buffer (chunk_pool.ts), so that
+ * a joined read fits one.
  */
 export const MAX_READ = POOLED_BYTES;
 
