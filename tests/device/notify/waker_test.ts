@@ -5,9 +5,20 @@
  */
 import { assert, assertEquals } from "../../../dev_deps.ts";
 import { Region } from "../../../device/shm/region.ts";
-import { Waker } from "../../../device/notify/waker.ts";
+import { type BackoffOptions, Waker } from "../../../device/notify/waker.ts";
 
 const WORD = 64;
+
+/**
+ * Sleeps of 20 s after a minute of spinning: a change is seen in time only
+ * while the worker spins or compares with an older snapshot.
+ */
+const SPIN_ONLY: BackoffOptions = {
+  spinMs: 60_000,
+  shortSleepMs: 20_000,
+  shortPhaseMs: 60_000,
+  idleSleepMs: 20_000,
+};
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -23,149 +34,114 @@ async function watching(waker: Waker): Promise<void> {
   assert(waker.watching, "the worker took the watch list within 30 s");
 }
 
-Deno.test("a waker reports a watched word that changes", async () => {
-  const region = Region.alloc(4096);
-  const waker = new Waker(region);
+/**
+ * Runs `fn` with a waker (over `waker` or a new 4 KiB region) that watches
+ * `words` consecutive words from WORD, once its worker watches them; closes
+ * it after, and returns it.
+ */
+async function withWaker(
+  fn: (waker: Waker) => Promise<void>,
+  o: { backoff?: Partial<BackoffOptions>; words?: number; waker?: Waker } = {},
+): Promise<Waker> {
+  const waker = o.waker ?? new Waker(Region.alloc(4096), o.backoff);
   try {
-    waker.watch([{ offset: WORD, width: 4 }]);
+    waker.watch(
+      Array.from(
+        { length: o.words ?? 1 },
+        (_, i) => ({ offset: WORD + 4 * i, width: 4 as const }),
+      ),
+    );
     await watching(waker);
-    const woke = waker.wait(10_000);
-    region.store32(WORD, 1);
-    assertEquals(await woke, "changed");
+    await fn(waker);
   } finally {
     await waker.close();
   }
+  return waker;
+}
+
+/** Changes WORD to `value` while a wait is pending; expects "changed". */
+async function changeSeen(waker: Waker, value: number, ms = 10_000) {
+  const woke = waker.wait(ms);
+  waker.region.store32(WORD, value);
+  assertEquals(await woke, "changed");
+}
+
+Deno.test("a waker reports a watched word that changes", async () => {
+  await withWaker((waker) => changeSeen(waker, 1));
 });
 
 Deno.test("activity() ends the worker's idle sleep, so the next change is seen at once, not after the idle interval", async () => {
-  const region = Region.alloc(4096);
   // A 20 s idle interval: without the wake-up the change below would wait
   // for it and the wait would time out instead.
-  const waker = new Waker(region, {
+  const backoff = {
     spinMs: 0,
     shortSleepMs: 0.1,
     shortPhaseMs: 300,
     idleSleepMs: 20_000,
-  });
-  try {
-    waker.watch([{ offset: WORD, width: 4 }]);
-    await watching(waker);
+  };
+  await withWaker(async (waker) => {
     await sleep(600); // past the short phase: the worker is in its long sleep
     waker.activity();
     await sleep(50); // the worker is polling again
     const started = performance.now();
-    const woke = waker.wait(5_000);
-    region.store32(WORD, 1);
-    assertEquals(await woke, "changed");
+    await changeSeen(waker, 1, 5_000);
     assert(performance.now() - started < 5_000);
-  } finally {
-    await waker.close();
-  }
+  }, { backoff });
 });
 
 Deno.test("a change during the worker's idle sleep is seen at the end of that sleep", async () => {
-  const region = Region.alloc(4096);
-  const waker = new Waker(region, {
+  const backoff = {
     spinMs: 0,
     shortSleepMs: 0.1,
     shortPhaseMs: 50,
     idleSleepMs: 200,
-  });
-  try {
-    waker.watch([{ offset: WORD, width: 4 }]);
-    await watching(waker);
+  };
+  await withWaker(async (waker) => {
     await sleep(300);
-    const woke = waker.wait(5_000);
-    region.store32(WORD, 7);
-    assertEquals(await woke, "changed");
-  } finally {
-    await waker.close();
-  }
+    await changeSeen(waker, 7, 5_000);
+  }, { backoff });
 });
 
 Deno.test("the worker wakes the main thread through the wake socket, not postMessage", async () => {
-  const region = Region.alloc(4096);
-  const waker = new Waker(region);
-  try {
-    waker.watch([{ offset: WORD, width: 4 }]);
-    await watching(waker);
+  const waker = await withWaker(async (waker) => {
     // The worker has connected; this thread's accept may still be due.
     for (let i = 0; i < 100 && waker.wakeChannel !== "socket"; i++) {
       await sleep(50);
     }
     assertEquals(waker.wakeChannel, "socket");
-    for (let v = 1; v <= 20; v++) {
-      const woke = waker.wait(10_000);
-      region.store32(WORD, v);
-      assertEquals(await woke, "changed");
-    }
-  } finally {
-    await waker.close();
-  }
+    for (let v = 1; v <= 20; v++) await changeSeen(waker, v);
+  });
   assertEquals(waker.wakeChannel, "message");
 });
 
 Deno.test("in the spin phase a change is seen at once, not after a sleep", async () => {
-  const region = Region.alloc(4096);
-  // Sleeps of 20 s: a change is seen in time only if the worker spins.
-  const waker = new Waker(region, {
-    spinMs: 60_000,
-    shortSleepMs: 20_000,
-    shortPhaseMs: 60_000,
-    idleSleepMs: 20_000,
-  });
-  try {
-    waker.watch([{ offset: WORD, width: 4 }]);
-    await watching(waker);
-    for (let v = 1; v <= 3; v++) {
-      const woke = waker.wait(10_000);
-      region.store32(WORD, v);
-      assertEquals(await woke, "changed");
-    }
-  } finally {
-    await waker.close();
-  }
+  await withWaker(async (waker) => {
+    for (let v = 1; v <= 3; v++) await changeSeen(waker, v);
+  }, { backoff: SPIN_ONLY });
 });
 
 Deno.test("a muted word's changes do not wake; once unmuted, its next change does", async () => {
-  const region = Region.alloc(4096);
-  const waker = new Waker(region);
-  try {
-    waker.watch([{ offset: WORD, width: 4 }, { offset: WORD + 4, width: 4 }]);
-    await watching(waker);
+  await withWaker(async (waker) => {
     waker.mute(0b10);
     let woke = waker.wait(300);
-    region.store32(WORD + 4, 1);
+    waker.region.store32(WORD + 4, 1);
     assertEquals(await woke, "timeout");
     waker.mute(0);
     woke = waker.wait(10_000);
-    region.store32(WORD + 4, 2);
+    waker.region.store32(WORD + 4, 2);
     assertEquals(await woke, "changed");
-  } finally {
-    await waker.close();
-  }
+  }, { words: 2 });
 });
 
 Deno.test("a change made while the main thread was busy is reported by its next wait", async () => {
-  const region = Region.alloc(4096);
-  // A 20 s sleep after the spin: only the parked worker's comparison with
-  // its snapshot from before can report the change in time.
-  const waker = new Waker(region, {
-    spinMs: 60_000,
-    shortSleepMs: 20_000,
-    shortPhaseMs: 60_000,
-    idleSleepMs: 20_000,
-  });
-  try {
-    waker.watch([{ offset: WORD, width: 4 }]);
-    await watching(waker);
+  // Only the parked worker's comparison with its snapshot from before can
+  // report the change before the 20 s sleep ends.
+  await withWaker(async (waker) => {
     await sleep(100); // the worker parks: nobody waits
-    region.store32(WORD, 5);
+    waker.region.store32(WORD, 5);
     await sleep(100);
     assertEquals(await waker.wait(10_000), "changed");
-  } finally {
-    await waker.close();
-  }
+  }, { backoff: SPIN_ONLY });
 });
 
 Deno.test("without a writable temporary directory the worker wakes the main thread by postMessage", async () => {
@@ -178,16 +154,10 @@ Deno.test("without a writable temporary directory the worker wakes the main thre
     if (tmp === undefined) Deno.env.delete("TMPDIR");
     else Deno.env.set("TMPDIR", tmp);
   }
-  try {
-    waker.watch([{ offset: WORD, width: 4 }]);
-    await watching(waker);
+  await withWaker(async (waker) => {
     assertEquals(waker.wakeChannel, "message");
-    const woke = waker.wait(10_000);
-    waker.region.store32(WORD, 1);
-    assertEquals(await woke, "changed");
-  } finally {
-    await waker.close();
-  }
+    await changeSeen(waker, 1);
+  }, { waker });
 });
 
 Deno.test("a process that exits before its worker connects leaves no wake socket behind", async () => {

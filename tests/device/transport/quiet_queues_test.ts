@@ -17,56 +17,47 @@ const BEAT = { heartbeatMs: 30_000 };
 /** 1 MiB through a ring of 8 x 4 KiB: about 32 waits for the other side. */
 const BYTES = 1 << 20;
 
+/**
+ * Sends BYTES in one write from `from` to a listener of `to` over an engine
+ * pair whose receiver has a credit window far larger than the ring.
+ */
+async function oneWrite(
+  from: "host" | "guest",
+  port: number,
+  seed: number,
+): Promise<void> {
+  const to = from === "host" ? "guest" : "host";
+  const p = await enginePair({
+    [to]: { bufAlloc: 64 << 20 },
+    driver: { queueSize: 8, rxBufferSize: 4096, mergeable: true },
+    deviceRunner: BEAT,
+    driverRunner: BEAT,
+    timeoutMs: 120_000,
+  });
+  try {
+    const listener = p[to].listen(port);
+    const data = new Prng(seed).bytes(BYTES);
+    const received = listener.accept().then((c) => readAll(c.readable));
+    const c = await p[from].connect(port);
+    await c.write(data);
+    c.closeWrite();
+    assertEquals((await received).length, BYTES);
+    listener.close();
+  } finally {
+    await p.stop();
+  }
+}
+
 Deno.test({
   name:
     "the device sends into rx buffers the driver posts while output waits for them",
   timeout: 20_000,
-  fn: async () => {
-    const p = await enginePair({
-      guest: { bufAlloc: 64 << 20 },
-      driver: { queueSize: 8, rxBufferSize: 4096, mergeable: true },
-      deviceRunner: BEAT,
-      driverRunner: BEAT,
-      timeoutMs: 120_000,
-    });
-    try {
-      const listener = p.guest.listen(80);
-      const data = new Prng(7).bytes(BYTES);
-      const received = listener.accept().then((c) => readAll(c.readable));
-      const c = await p.host.connect(80);
-      await c.write(data);
-      c.closeWrite();
-      assertEquals((await received).length, BYTES);
-      listener.close();
-    } finally {
-      await p.stop();
-    }
-  },
+  fn: () => oneWrite("host", 80, 7),
 });
 
 Deno.test({
   name:
     "the driver sends into tx space the device frees while output waits for it",
   timeout: 20_000,
-  fn: async () => {
-    const p = await enginePair({
-      host: { bufAlloc: 64 << 20 },
-      driver: { queueSize: 8, rxBufferSize: 4096, mergeable: true },
-      deviceRunner: BEAT,
-      driverRunner: BEAT,
-      timeoutMs: 120_000,
-    });
-    try {
-      const listener = p.host.listen(9000);
-      const data = new Prng(8).bytes(BYTES);
-      const received = listener.accept().then((c) => readAll(c.readable));
-      const c = await p.guest.connect(9000);
-      await c.write(data);
-      c.closeWrite();
-      assertEquals((await received).length, BYTES);
-      listener.close();
-    } finally {
-      await p.stop();
-    }
-  },
+  fn: () => oneWrite("guest", 9000, 8),
 });
