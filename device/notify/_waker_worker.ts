@@ -39,17 +39,13 @@ import {
   sleepFor,
   type WakerInit,
 } from "./_waker_protocol.ts";
+import { connectUnix } from "./_unix_socket.ts";
+import { cString, libc as sharedLibc, MSG_NOSIGNAL } from "../shm/_libc.ts";
 
 self.onmessage = (e: MessageEvent<WakerInit>) => {
   self.onmessage = null;
   run(e.data);
 };
-
-/** AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC; sockaddr_un is 110 bytes. */
-const AF_UNIX = 1;
-const SOCK_STREAM_NONBLOCK_CLOEXEC = 1 | 0o4000 | 0o2000000;
-const SOCKADDR_UN_SIZE = 110;
-const MSG_NOSIGNAL = 0x4000;
 
 /**
  * A non-blocking connection to the main thread's wake socket, or -1. Once
@@ -57,32 +53,15 @@ const MSG_NOSIGNAL = 0x4000;
  * connects, and a process that dies before its main thread gets to it
  * leaves nothing behind in the temporary directory.
  */
-function connectUnix(
-  libc: {
-    socket(d: number, t: number, p: number): number;
-    connect(fd: number, addr: Uint8Array, len: number): number;
-    close(fd: number): number;
-    unlink(path: Uint8Array): number;
-    rmdir(path: Uint8Array): number;
-  },
-  path: string,
-): number {
-  const name = new TextEncoder().encode(path);
-  if (name.length >= SOCKADDR_UN_SIZE - 2) return -1;
-  const fd = libc.socket(AF_UNIX, SOCK_STREAM_NONBLOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  const addr = new Uint8Array(SOCKADDR_UN_SIZE);
-  new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
-  addr.set(name, 2);
-  // A UNIX stream connect completes at once while the listener's backlog
-  // has room, even on a non-blocking socket.
-  if (libc.connect(fd, addr, SOCKADDR_UN_SIZE) !== 0) {
-    libc.close(fd);
-    return -1;
+function connectWakeSocket(path: string): number {
+  let fd: number;
+  try {
+    fd = connectUnix(path);
+  } catch {
+    return -1; // the worker falls back to postMessage
   }
-  const cString = (s: string) => new TextEncoder().encode(`${s}\0`);
-  libc.unlink(cString(path));
-  libc.rmdir(cString(path.slice(0, path.lastIndexOf("/"))));
+  sharedLibc().unlink(cString(path));
+  sharedLibc().rmdir(cString(path.slice(0, path.lastIndexOf("/"))));
   return fd;
 }
 
@@ -91,13 +70,8 @@ function run(init: WakerInit): void {
     poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
     read: { parameters: ["i32", "buffer", "u64"], result: "i64" },
     prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
-    socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
-    connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
     send: { parameters: ["i32", "buffer", "u64", "i32"], result: "i64" },
     sched_yield: { parameters: [], result: "i32" },
-    close: { parameters: ["i32"], result: "i32" },
-    unlink: { parameters: ["buffer"], result: "i32" },
-    rmdir: { parameters: ["buffer"], result: "i32" },
   });
   // PR_SET_TIMERSLACK (29), for this thread only: Linux lets a timed sleep
   // overrun by the slack (50 us by default), which would turn our 100 us
@@ -190,7 +164,7 @@ function run(init: WakerInit): void {
 
   const wakeFd = init.wakeSocket === undefined
     ? -1
-    : connectUnix(libc.symbols, init.wakeSocket);
+    : connectWakeSocket(init.wakeSocket);
   const wakeByte = new Uint8Array(1);
   const signalMain = () => {
     if (Atomics.exchange(ctl, CTL_WAITING, 0) === 1) {
@@ -288,7 +262,7 @@ function run(init: WakerInit): void {
     }
     Atomics.store(ctl, CTL_DEEP, 0);
   }
-  if (wakeFd >= 0) libc.symbols.close(wakeFd);
+  if (wakeFd >= 0) sharedLibc().close(wakeFd);
   libc.close();
   self.postMessage("stopped");
 }
