@@ -21,7 +21,9 @@ export { bodyLimit } from "hono/body-limit";
 export { z } from "zod";
 
 // std stand-ins (@std/cli parseArgs, @std/async delay, @std/crypto
-// timingSafeEqual).
+// timingSafeEqual), and the system resolver (getaddrinfo, which reads
+// /etc/hosts as Deno.connect does) for the data plane's own sockets.
 export { parseArgs } from "node:util";
 export { setTimeout as delay } from "node:timers/promises";
 export { timingSafeEqual } from "node:crypto";
+export { lookup } from "node:dns/promises";

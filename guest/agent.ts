@@ -12,6 +12,7 @@
 
 import type { LogFn } from "../device/log.ts";
 import { silentLog } from "../device/log.ts";
+import { IoPoller } from "../device/notify/io_poller.ts";
 import type { Region } from "../device/shm/region.ts";
 import {
   DriverTransport,
@@ -23,7 +24,13 @@ import { VsockEngine } from "../device/vsock/engine.ts";
 import type { VsockListener } from "../device/vsock/listener.ts";
 import { DriverEnginePort } from "../device/vsock/transport_ports.ts";
 import { bridge } from "../proxy/bridge.ts";
-import { acceptEach, closeQuietly, connectTcp } from "../proxy/tcp_streams.ts";
+import {
+  connectTcp,
+  connectUnix,
+  type FdConn,
+  FdListener,
+} from "../proxy/fd_socket.ts";
+import { closeQuietly } from "../proxy/tcp_streams.ts";
 
 /** Where a guest-local service listens. */
 export type LocalTarget =
@@ -60,8 +67,9 @@ export interface GuestAgentOptions {
 export class GuestAgent {
   readonly engine: VsockEngine;
   readonly runner: DriverRunner;
+  #io: IoPoller;
   #listeners: VsockListener[] = [];
-  #tcpListeners: Deno.TcpListener[] = [];
+  #tcpListeners: FdListener[] = [];
   #loops: Promise<void>[] = [];
   #bridges = new Set<Promise<unknown>>();
   #log: LogFn;
@@ -72,6 +80,7 @@ export class GuestAgent {
     this.#log = o.log ?? silentLog;
     this.#connectTimeoutMs = o.connectTimeoutMs ?? 2000;
     this.engine = new VsockEngine({ log: this.#log });
+    this.#io = new IoPoller();
     const transport = new DriverTransport(o.region, {
       ...o.transport,
       log: this.#log,
@@ -82,6 +91,7 @@ export class GuestAgent {
       new DriverEnginePort(this.engine),
       {
         log: this.#log,
+        io: this.#io,
         ...(o.ringDevice ? { ringDevice: o.ringDevice } : {}),
         ...(o.doorbells ? { doorbells: o.doorbells } : {}),
       },
@@ -100,7 +110,7 @@ export class GuestAgent {
     const agent = new GuestAgent(options);
     try {
       for (const e of options.exposes ?? []) agent.#expose(e);
-      for (const f of options.forwards ?? []) agent.#forward(f);
+      for (const f of options.forwards ?? []) await agent.#forward(f);
     } catch (err) {
       await agent.stop(0);
       throw err;
@@ -122,7 +132,7 @@ export class GuestAgent {
   /** Stops accepting, gives open connections `graceMs`, then resets them. */
   async stop(graceMs: number): Promise<void> {
     for (const l of this.#listeners) l.close();
-    for (const l of this.#tcpListeners) closeQuietly(l);
+    for (const l of this.#tcpListeners) l.close();
     await Promise.all(this.#loops);
     const deadline = Date.now() + graceMs;
     while (this.#bridges.size > 0 && Date.now() < deadline) {
@@ -139,6 +149,7 @@ export class GuestAgent {
     clearTimeout(timer);
     await this.runner.stop();
     await this.#running;
+    this.#io.close();
   }
 
   #expose(e: Expose): void {
@@ -150,11 +161,16 @@ export class GuestAgent {
   }
 
   async #serve(vsock: VsockConnection, target: LocalTarget): Promise<void> {
-    let local: Deno.TcpConn | Deno.UnixConn;
+    let local: FdConn;
     try {
       local = target.kind === "tcp"
-        ? await connectTcp(target.host, target.port, this.#connectTimeoutMs)
-        : await Deno.connect({ transport: "unix", path: target.path });
+        ? await connectTcp(
+          this.#io,
+          target.host,
+          target.port,
+          this.#connectTimeoutMs,
+        )
+        : await connectUnix(this.#io, target.path, this.#connectTimeoutMs);
     } catch (err) {
       this.#log(
         "warn",
@@ -168,24 +184,22 @@ export class GuestAgent {
     this.#track(vsock, local);
   }
 
-  #forward(f: Forward): void {
-    const listener = Deno.listen({
-      hostname: f.listen.host,
-      port: f.listen.port,
-      transport: "tcp",
-    });
-    this.#tcpListeners.push(listener);
-    this.#loops.push(
-      acceptEach(
-        listener,
-        (tcp) => this.#connectOut(tcp, f.port),
-        this.#log,
-        `forward to host vsock port ${f.port}`,
-      ),
+  async #forward(f: Forward): Promise<void> {
+    const what = `forward to host vsock port ${f.port}`;
+    const listener = await FdListener.listen(
+      this.#io,
+      f.listen.host,
+      f.listen.port,
+      {
+        onConnection: (tcp) => void this.#connectOut(tcp, f.port),
+        onError: (err) =>
+          this.#log("warn", `${what}: accept failed, retrying: ${err.message}`),
+      },
     );
+    this.#tcpListeners.push(listener);
   }
 
-  async #connectOut(tcp: Deno.TcpConn, port: number): Promise<void> {
+  async #connectOut(tcp: FdConn, port: number): Promise<void> {
     let vsock: VsockConnection;
     try {
       vsock = await this.engine.connect(port, {
@@ -204,8 +218,8 @@ export class GuestAgent {
     this.#track(vsock, tcp);
   }
 
-  #track(vsock: VsockConnection, local: Deno.TcpConn | Deno.UnixConn): void {
-    if ("setNoDelay" in local) local.setNoDelay(true);
+  #track(vsock: VsockConnection, local: FdConn): void {
+    local.setNoDelay(true);
     const b = bridge(vsock, local);
     const done = b.done.finally(() => this.#bridges.delete(done));
     this.#bridges.add(done);

@@ -22,7 +22,12 @@
 
 import type { VsockConnection } from "../device/vsock/connection.ts";
 import { recycleChunk } from "../device/vsock/chunk_pool.ts";
-import { ChunkReader, closeQuietly, writeAll } from "./tcp_streams.ts";
+import {
+  type ByteSocket,
+  ChunkReader,
+  closeQuietly,
+  writeAll,
+} from "./tcp_streams.ts";
 
 /** How a bridged connection ended. */
 export type BridgeOutcome =
@@ -52,7 +57,7 @@ export interface BridgeOptions {
 /** Starts moving bytes between `conn` and `socket`. */
 export function bridge(
   conn: VsockConnection,
-  socket: Deno.Conn,
+  socket: ByteSocket,
   options: BridgeOptions = {},
 ): Bridge {
   let outcome: BridgeOutcome | null = null;

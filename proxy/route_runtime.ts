@@ -6,6 +6,7 @@
  */
 
 import type { LogFn } from "../device/log.ts";
+import type { IoPoller } from "../device/notify/io_poller.ts";
 import type { VsockEngine } from "../device/vsock/engine.ts";
 import type { RouteSpec } from "../config/schema.ts";
 import type { BridgeOutcome } from "./bridge.ts";
@@ -15,6 +16,8 @@ import { type Direction, ProxyConnection } from "./proxy_connection.ts";
 /** What routes need from the sidecar. */
 export interface RouteContext {
   engine: VsockEngine;
+  /** Where TCP routes' sockets are watched: the device loop serves it. */
+  io: IoPoller;
   events: EventBus;
   log: LogFn;
 }

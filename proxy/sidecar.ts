@@ -22,6 +22,7 @@ import { DeviceTransport } from "../device/transport/device_transport.ts";
 import { DeviceRunner } from "../device/transport/device_runner.ts";
 import { H, NO_PEER } from "../device/transport/layout.ts";
 import { IvshmemServer } from "../device/notify/ivshmem_server.ts";
+import { IoPoller } from "../device/notify/io_poller.ts";
 import { VsockEngine } from "../device/vsock/engine.ts";
 import { DeviceEnginePort } from "../device/vsock/transport_ports.ts";
 import type { ConfigSpec } from "../config/schema.ts";
@@ -56,6 +57,7 @@ export class Sidecar {
   readonly doorbell: IvshmemServer | null;
   readonly startedAt = Date.now();
   #mapping: MappedFile;
+  #io: IoPoller;
   #runner: DeviceRunner;
   #plane: DataPlane;
   #log: LogFn;
@@ -75,6 +77,7 @@ export class Sidecar {
       doorbell: IvshmemServer | null;
       engine: VsockEngine;
       plane: DataPlane;
+      io: IoPoller;
     },
   ) {
     this.config = config;
@@ -85,8 +88,10 @@ export class Sidecar {
     this.doorbell = parts.doorbell;
     this.engine = parts.engine;
     this.#plane = parts.plane;
+    this.#io = parts.io;
     this.routes = new RouteTable({
       engine: this.engine,
+      io: this.#io,
       events: this.events,
       log,
     }, this.#plane);
@@ -96,6 +101,7 @@ export class Sidecar {
       new DeviceEnginePort(this.engine, config.device.guestCid),
       {
         log,
+        io: this.#io,
         ...(server === null ? {} : {
           doorbells: server.deviceVectors.map((e) => e.fd),
           ringDriver: (vector: number) => {
@@ -148,6 +154,13 @@ export class Sidecar {
     let transport: DeviceTransport;
     const engine = new VsockEngine({ bufAlloc: d.bufAlloc, log });
     const plane = new DataPlane();
+    let io: IoPoller;
+    try {
+      io = new IoPoller();
+    } catch (err) {
+      mapping.close({ remove: mapping.created });
+      throw new SidecarError(message(err), { cause: err });
+    }
     try {
       try {
         transport = DeviceTransport.attach(mapping.region, {
@@ -199,6 +212,7 @@ export class Sidecar {
         }
       }
     } catch (err) {
+      io.close();
       mapping.close({ remove: mapping.created });
       throw err;
     }
@@ -208,6 +222,7 @@ export class Sidecar {
       doorbell,
       engine,
       plane,
+      io,
     });
     hooks.onDisconnect = (reason) => sidecar.#runner.lost(reason);
     engine.setObserver((e) => {
@@ -279,6 +294,7 @@ export class Sidecar {
       this.engine.close();
       await this.#runner.stop();
       await this.#running;
+      this.#io.close();
       await this.doorbell?.close();
       clearInterval(this.#regionTimer);
       // Never unlink a path that now holds someone else's file.

@@ -7,13 +7,13 @@
 
 import { VsockError } from "../device/vsock/errors.ts";
 import { bridge } from "./bridge.ts";
+import { type FdConn, FdListener } from "./fd_socket.ts";
 import { hostPort, RouteRuntime } from "./route_runtime.ts";
-import { acceptEach, closeQuietly } from "./tcp_streams.ts";
+import { closeQuietly } from "./tcp_streams.ts";
 
 /** TCP listener -> guest vsock port. */
 export class TcpRoute extends RouteRuntime {
-  #listener: Deno.TcpListener | null = null;
-  #loop: Promise<void> | null = null;
+  #listener: FdListener | null = null;
   /** The port bound last, so a restart rebinds it (not a new one for port 0). */
   #boundPort: number | null = null;
 
@@ -25,41 +25,36 @@ export class TcpRoute extends RouteRuntime {
     );
   }
 
-  start(): Promise<void> {
+  async start(): Promise<void> {
     const from = this.spec.from;
     if (from.type !== "tcp") throw new TypeError("TcpRoute needs a tcp source");
-    this.#listener = Deno.listen({
-      hostname: from.host,
-      port: this.#boundPort ?? from.port,
-      transport: "tcp",
-    });
+    this.#listener = await FdListener.listen(
+      this.ctx.io,
+      from.host,
+      this.#boundPort ?? from.port,
+      {
+        onConnection: (conn) => void this.#handle(conn),
+        onError: (err) =>
+          this.ctx.log(
+            "warn",
+            `route ${this.name}: accept failed, retrying: ${err.message}`,
+          ),
+      },
+    );
     this.#boundPort = this.#listener.addr.port;
     this.accepting = true;
-    this.#loop = this.#acceptLoop(this.#listener);
+  }
+
+  stopAccepting(): Promise<void> {
+    this.accepting = false;
+    this.#listener?.close();
+    this.#listener = null;
     return Promise.resolve();
   }
 
-  async stopAccepting(): Promise<void> {
-    this.accepting = false;
-    if (this.#listener !== null) {
-      closeQuietly(this.#listener);
-      this.#listener = null;
-    }
-    await this.#loop;
-  }
-
-  #acceptLoop(listener: Deno.TcpListener): Promise<void> {
-    return acceptEach(
-      listener,
-      (conn) => this.#handle(conn),
-      this.ctx.log,
-      `route ${this.name}`,
-    );
-  }
-
-  async #handle(tcp: Deno.TcpConn): Promise<void> {
+  async #handle(tcp: FdConn): Promise<void> {
     const a = tcp.remoteAddr;
-    const remote = hostPort(a.hostname, a.port);
+    const remote = a.transport === "tcp" ? hostPort(a.hostname, a.port) : "?";
     const pc = this.admit("host-to-guest", remote);
     if (pc === null) {
       closeQuietly(tcp);

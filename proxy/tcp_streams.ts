@@ -1,17 +1,30 @@
 /**
- * TCP (and UNIX socket) helpers for the bridges: reading in chunks sized to
- * the traffic, writing a whole chunk, connecting with a timeout, accepting
- * without letting one client stop a listener.
+ * Socket helpers for the bridges: reading in chunks sized to the traffic,
+ * writing a whole chunk, closing quietly.
  *
- * They use `conn.read()`, `conn.write()` and `closeWrite()` directly:
- * Deno's own `conn.readable` closes the whole resource when it reaches EOF
- * and `conn.writable`'s close closes it too, so neither can carry "the
- * client is done sending but still reading" (verified on Deno 2.9).
+ * They use `read()`, `write()` and `closeWrite()` directly, on the data
+ * plane's own sockets or on a `Deno.Conn`: Deno's `conn.readable` closes
+ * the whole resource when it reaches EOF and `conn.writable`'s close closes
+ * it too, so neither can carry "the client is done sending but still
+ * reading" (verified on Deno 2.9).
  *
  * @module
  */
 
-import type { LogFn } from "../device/log.ts";
+/**
+ * What the bridges need of a socket: `Deno.Conn` has it, and so do the data
+ * plane's own sockets (`FdConn`).
+ */
+export interface ByteSocket {
+  /** Bytes read into `p`, or null at the peer's FIN. */
+  read(p: Uint8Array): Promise<number | null>;
+  /** Bytes of `p` written (at least one). */
+  write(p: Uint8Array): Promise<number>;
+  /** Sends FIN; reading goes on. */
+  closeWrite(): Promise<void>;
+  /** Closes both ways; pending reads and writes reject. */
+  close(): void;
+}
 
 /**
  * Most bytes read per `read()`: four vsock packets' worth. Fewer, larger
@@ -27,12 +40,6 @@ const MIN_READ_SIZE = 1024;
 const SHRINK_AFTER = 8;
 
 /**
- * Pause after an accept error that is not about one connection (out of
- * descriptors, say), so a listener that cannot accept does not spin.
- */
-const ACCEPT_RETRY_MS = 100;
-
-/**
  * Reads a connection in chunks sized to the traffic, through one buffer:
  * it starts small and doubles while reads fill it, up to READ_SIZE, and
  * halves after a run of small reads. A pending read holds its
@@ -44,11 +51,11 @@ const ACCEPT_RETRY_MS = 100;
  * (host to guest went from 133-144 to 241-303 MiB/s).
  */
 export class ChunkReader {
-  #conn: Deno.Conn;
+  #conn: ByteSocket;
   #buf = new Uint8Array(MIN_READ_SIZE);
   #small = 0;
 
-  constructor(conn: Deno.Conn) {
+  constructor(conn: ByteSocket) {
     this.#conn = conn;
   }
 
@@ -76,7 +83,7 @@ export class ChunkReader {
 
 /** Writes all of `chunk` to `conn`. */
 export async function writeAll(
-  conn: Deno.Conn,
+  conn: ByteSocket,
   chunk: Uint8Array,
 ): Promise<void> {
   let at = 0;
@@ -89,72 +96,5 @@ export function closeQuietly(conn: { close(): void }): void {
     conn.close();
   } catch {
     // Closed already.
-  }
-}
-
-/**
- * `Deno.connect` with a deadline. A connection that completes after the
- * deadline is closed as soon as it arrives.
- */
-export async function connectTcp(
-  host: string,
-  port: number,
-  timeoutMs: number,
-): Promise<Deno.TcpConn> {
-  const attempt = Deno.connect({ hostname: host, port, transport: "tcp" });
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`connect timed out after ${timeoutMs} ms`)),
-      timeoutMs,
-    );
-  });
-  try {
-    return await Promise.race([attempt, timeout]);
-  } catch (err) {
-    attempt.then((c) => closeQuietly(c), () => {});
-    throw err;
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/**
- * Accepts connections until `listener` is closed, handing each to `handle`.
- * An accept that fails for one connection (a client that reset while it
- * waited in the backlog: Deno reports NotConnected, from reading the peer's
- * address) is skipped; any other error is logged and retried after
- * {@linkcode ACCEPT_RETRY_MS}. Only closing the listener ends the loop, so
- * one client can never stop a listener.
- */
-export async function acceptEach(
-  listener: Deno.TcpListener,
-  handle: (conn: Deno.TcpConn) => void,
-  log: LogFn,
-  what: string,
-): Promise<void> {
-  for (;;) {
-    let conn: Deno.TcpConn;
-    try {
-      conn = await listener.accept();
-    } catch (err) {
-      if (err instanceof Deno.errors.BadResource) return; // closed
-      if (
-        err instanceof Deno.errors.NotConnected ||
-        err instanceof Deno.errors.ConnectionReset ||
-        err instanceof Deno.errors.ConnectionAborted
-      ) {
-        continue; // that client is gone already
-      }
-      log(
-        "warn",
-        `${what}: accept failed, retrying: ${
-          err instanceof Error ? err.message : err
-        }`,
-      );
-      await new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS));
-      continue;
-    }
-    handle(conn);
   }
 }

@@ -10,8 +10,9 @@
 import type { VsockConnection } from "../device/vsock/connection.ts";
 import type { VsockListener } from "../device/vsock/listener.ts";
 import { bridge } from "./bridge.ts";
+import { connectTcp, type FdConn } from "./fd_socket.ts";
 import { hostPort, RouteRuntime } from "./route_runtime.ts";
-import { closeQuietly, connectTcp } from "./tcp_streams.ts";
+import { closeQuietly } from "./tcp_streams.ts";
 
 /** Guest vsock port -> TCP target. */
 export class VsockRoute extends RouteRuntime {
@@ -61,9 +62,10 @@ export class VsockRoute extends RouteRuntime {
     pc.whileConnecting(() =>
       vsock.reset("closed by the administrator while connecting")
     );
-    let tcp: Deno.TcpConn;
+    let tcp: FdConn;
     try {
       tcp = await connectTcp(
+        this.ctx.io,
         to.host,
         to.port,
         this.spec.limits.connectTimeoutMs,

@@ -32,7 +32,11 @@
  *                takes SEEN as its snapshot and clears it
  * [13] LOADED    the VERSION of the watch list the worker last loaded (and
  *                took its snapshot of): equal to VERSION once it watches it
- * [14..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds,
+ * [14] IO_FD     a descriptor (the loop's epoll set) or -1: readable means
+ *                the main thread has sockets to serve; the worker wakes it
+ *                but leaves the descriptor alone (the main thread's
+ *                dispatch is what clears it)
+ * [15..]         MAX_WORDS pairs (byte offset, width), then MAX_FDS fds,
  *                then SEEN: MAX_WORDS values of the watched words as the
  *                main thread saw them when it last started a turn
  * ```
@@ -54,7 +58,8 @@ export const CTL_PARKED = 10;
 export const CTL_MUTED = 11;
 export const CTL_SEEN_SET = 12;
 export const CTL_LOADED = 13;
-export const CTL_TABLE = 14;
+export const CTL_IO_FD = 14;
+export const CTL_TABLE = 15;
 export const MAX_WORDS = 16;
 export const MAX_FDS = 8;
 export const CTL_SEEN = CTL_TABLE + 2 * MAX_WORDS + MAX_FDS;

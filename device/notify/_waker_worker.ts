@@ -1,14 +1,16 @@
 /**
  * The waker's worker thread. It watches a few ring words (and, in doorbell
- * mode, eventfds) and tells the main thread when one changes, so that the
- * main thread can sleep in its event loop without polling memory itself.
+ * mode, eventfds; and the ring loop's epoll set of sockets) and tells the
+ * main thread when one changes, so that the main thread can sleep in its
+ * event loop without polling memory itself.
  *
- * Why a worker: on the main thread, `setTimeout` sleeps at least ~2 ms, a
- * `setImmediate` spin slows the same thread's TCP round trips several
- * times over, and nonblocking FFI calls cost ~150 us each. A worker can spin
- * or block (Atomics.wait, poll(2)) without touching the main event loop,
- * and its postMessage wakes the main thread in ~20 us. docs/transport.md
- * has the measurements.
+ * Why a worker: on the main thread, `setTimeout` sleeps at least ~2 ms and
+ * nonblocking FFI calls cost ~150 us each; Deno's event loop cannot wait
+ * for a word in memory. A worker can block (Atomics.wait, ppoll(2))
+ * without touching the main event loop, and its byte on the wake socket
+ * wakes the main thread in ~15 us. The ring loop spins on the main thread
+ * itself while traffic flows; the worker covers the quiet time after.
+ * docs/transport.md has the measurements.
  *
  * The loop never yields to this worker's event loop; everything after the
  * start-up message arrives through the shared control buffer.
@@ -23,6 +25,7 @@ import {
   CTL_CONTROL,
   CTL_DEEP,
   CTL_FDS,
+  CTL_IO_FD,
   CTL_LOADED,
   CTL_MUTED,
   CTL_PARKED,
@@ -67,7 +70,10 @@ function connectWakeSocket(path: string): number {
 
 function run(init: WakerInit): void {
   const libc = Deno.dlopen("libc.so.6", {
-    poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+    ppoll: {
+      parameters: ["buffer", "u64", "buffer", "pointer"],
+      result: "i32",
+    },
     read: { parameters: ["i32", "buffer", "u64"], result: "i64" },
     prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
     send: { parameters: ["i32", "buffer", "u64", "i32"], result: "i64" },
@@ -93,8 +99,14 @@ function run(init: WakerInit): void {
   let widths: number[] = [];
   let snapshot: number[] = [];
   let fdCount = 0;
+  /** Doorbells among the polled descriptors: drained when they fire. */
+  let doorbellCount = 0;
+  let ioFd = -1;
   let pollFds = new Uint8Array(0);
   let pollView = new DataView(pollFds.buffer);
+  // struct timespec { i64 tv_sec; i64 tv_nsec; } for ppoll's timeout.
+  const timespec = new BigInt64Array(2);
+  const timespecBytes = new Uint8Array(timespec.buffer);
 
   const read = (i: number) =>
     widths[i] === 2
@@ -112,18 +124,22 @@ function run(init: WakerInit): void {
     }
     snapshot = offsets.map((_, i) => read(i));
     const control = Atomics.load(ctl, CTL_CONTROL);
-    const watched = Atomics.load(ctl, CTL_FDS);
-    fdCount = watched + (watched > 0 && control >= 0 ? 1 : 0);
+    doorbellCount = Atomics.load(ctl, CTL_FDS);
+    ioFd = Atomics.load(ctl, CTL_IO_FD);
+    const fds: number[] = [];
+    for (let i = 0; i < doorbellCount; i++) {
+      fds.push(Atomics.load(ctl, CTL_TABLE + 2 * MAX_WORDS + i));
+    }
+    if (ioFd >= 0) fds.push(ioFd);
+    if (fds.length > 0 && control >= 0) fds.push(control);
+    fdCount = fds.length;
     // struct pollfd { int fd; short events; short revents; }: 8 bytes each.
     pollFds = new Uint8Array(8 * fdCount);
     pollView = new DataView(pollFds.buffer);
-    for (let i = 0; i < fdCount; i++) {
-      const fd = i < watched
-        ? Atomics.load(ctl, CTL_TABLE + 2 * MAX_WORDS + i)
-        : control;
+    fds.forEach((fd, i) => {
       pollView.setInt32(8 * i, fd, true);
       pollView.setInt16(8 * i + 4, 1, /* POLLIN */ true);
-    }
+    });
     Atomics.store(ctl, CTL_LOADED, version);
   };
 
@@ -141,25 +157,34 @@ function run(init: WakerInit): void {
   };
 
   /**
-   * Waits up to `ms` on the eventfds; drains those that fired and returns
-   * true if a doorbell did (the main thread's control eventfd only ends the
-   * wait, so that the loop looks at its control words again).
+   * Waits up to `ms` (with microsecond resolution) on the descriptors;
+   * drains the eventfds that fired and returns true if a doorbell or the
+   * main thread's sockets did (the main thread's control eventfd only ends
+   * the wait, so that the loop looks at its control words again).
    */
   const pollEventFds = (ms: number) => {
-    const n = libc.symbols.poll(pollFds, BigInt(fdCount), Math.ceil(ms));
+    const ns = Math.max(0, Math.round(ms * 1e6));
+    timespec[0] = BigInt(Math.floor(ns / 1e9));
+    timespec[1] = BigInt(ns % 1e9);
+    const n = libc.symbols.ppoll(pollFds, BigInt(fdCount), timespecBytes, null);
     if (n <= 0) return false;
     const control = Atomics.load(ctl, CTL_CONTROL);
-    let doorbell = false;
+    let news = false;
     for (let i = 0; i < fdCount; i++) {
       if (pollView.getInt16(8 * i + 6, true) !== 0) {
         const fd = pollView.getInt32(8 * i, true);
-        // Reading an eventfd returns and clears its counter.
-        libc.symbols.read(fd, drain, 8n);
         pollView.setInt16(8 * i + 6, 0, true);
-        if (fd !== control) doorbell = true;
+        // The epoll set stays readable until the main thread dispatches
+        // it; reading an eventfd returns and clears its counter.
+        if (fd === ioFd) {
+          news = true;
+          continue;
+        }
+        libc.symbols.read(fd, drain, 8n);
+        if (fd !== control) news = true;
       }
     }
-    return doorbell;
+    return news;
   };
 
   const wakeFd = init.wakeSocket === undefined
@@ -231,7 +256,7 @@ function run(init: WakerInit): void {
     // the wake-up: block in poll(2) instead of polling every fraction of a
     // millisecond. Those short sleeps cost each worker a third of a core
     // and, on two cores, the main threads their turn.
-    const ms = fdCount > 0
+    const ms = doorbellCount > 0
       ? init.options.idleSleepMs
       : sleepFor(idle, init.options);
     if (ms >= 1) {
@@ -244,20 +269,14 @@ function run(init: WakerInit): void {
         continue;
       }
     }
-    if (fdCount > 0 && ms >= 1) {
-      // poll(2) counts whole milliseconds: block on the doorbells.
+    if (fdCount > 0 && ms > 0) {
+      // Block on the descriptors (the control eventfd among them ends the
+      // sleep early), looking at the words again after it.
       if (pollEventFds(ms)) {
         lastChange = performance.now();
         signalMain();
       }
     } else if (ms > 0) {
-      // A sub-millisecond sleep: look at the doorbells without blocking,
-      // then sleep on the futex, which keeps microsecond resolution.
-      if (fdCount > 0 && pollEventFds(0)) {
-        lastChange = performance.now();
-        signalMain();
-        continue;
-      }
       Atomics.wait(ctl, CTL_SLEEP, 0, ms);
     }
     Atomics.store(ctl, CTL_DEEP, 0);

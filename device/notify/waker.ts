@@ -20,6 +20,7 @@ import {
   CTL_CONTROL,
   CTL_DEEP,
   CTL_FDS,
+  CTL_IO_FD,
   CTL_LENGTH,
   CTL_LOADED,
   CTL_MUTED,
@@ -54,19 +55,15 @@ export interface WatchedWord {
  * Default back-off. For 2 ms after a change (or the main thread's own work)
  * the worker spins, calling sched_yield(2) between looks so that any other
  * runnable thread goes first; then it polls every 0.1 ms for 50 ms,
- * sleeping on a futex in between (with its timer slack cut to 1 us so that
- * such sleeps are accurate), then every 10 ms. The idle cost is one wake-up
- * per 10 ms.
+ * sleeping on a futex (or in ppoll(2) when it watches descriptors) with its
+ * timer slack cut to 1 us so that such sleeps are accurate, then every
+ * 10 ms. The idle cost is one wake-up per 10 ms.
  *
- * Why spin at all: on a virtual machine an idle vCPU halts, and waking a
- * thread on it costs 30-80 us, so the 0.1 ms polls alone made a 64-byte
- * round trip through both processes take 400-450 us; with the yielding
- * spin it takes 180-190 us, and bulk transfer gains 20-30%
- * (docs/performance.md). Spinning without yielding starved the main
- * threads on two cores (p99 5-8 ms); 5 or 20 ms of spin measured 10-20%
- * better than 2, within a run's noise, for far more CPU between requests.
- * With doorbells the worker blocks on them after the spin instead of
- * polling (see _waker_worker.ts).
+ * The ring loops spin on their own thread instead (`LoopPacer`, which also
+ * serves the sockets, so nothing needs waking while traffic flows) and give
+ * their waker `spinMs: 0`: it takes over only once the loop sleeps. A
+ * worker's spin still cost a wake-up of the main thread per packet, 15-20 us
+ * on these virtual machines (docs/performance.md).
  */
 export const DEFAULT_BACKOFF: BackoffOptions = {
   spinMs: 2,
@@ -101,6 +98,7 @@ export class Waker {
     const control = new SharedArrayBuffer(4 * CTL_LENGTH);
     this.#ctl = new Int32Array(control);
     Atomics.store(this.#ctl, CTL_CONTROL, -1);
+    Atomics.store(this.#ctl, CTL_IO_FD, -1);
     this.#worker = new Worker(new URL("./_waker_worker.ts", import.meta.url), {
       type: "module",
     });
@@ -130,12 +128,19 @@ export class Waker {
   }
 
   /**
-   * Replaces what the worker watches. Offsets must be aligned to their
-   * width and inside the region.
+   * Replaces what the worker watches: ring words, doorbell eventfds (which
+   * it drains when they fire) and `ioFd`, a descriptor that is readable
+   * while the main thread has sockets to serve (an `IoPoller`'s epoll set;
+   * the worker only looks). Offsets must be aligned to their width and
+   * inside the region.
    *
    * @throws {RangeError} on too many entries or a bad offset.
    */
-  watch(words: readonly WatchedWord[], eventFds: readonly number[] = []): void {
+  watch(
+    words: readonly WatchedWord[],
+    eventFds: readonly number[] = [],
+    ioFd = -1,
+  ): void {
     if (words.length > MAX_WORDS || eventFds.length > MAX_FDS) {
       throw new RangeError(
         `A waker watches at most ${MAX_WORDS} words and ${MAX_FDS} eventfds, received ${words.length} and ${eventFds.length}`,
@@ -160,7 +165,8 @@ export class Waker {
     eventFds.forEach((fd, i) =>
       Atomics.store(ctl, CTL_TABLE + 2 * MAX_WORDS + i, fd)
     );
-    if (eventFds.length > 0 && this.#control === null) {
+    Atomics.store(ctl, CTL_IO_FD, ioFd);
+    if ((eventFds.length > 0 || ioFd >= 0) && this.#control === null) {
       // The worker will block in poll(2) on these: give it an eventfd of
       // ours in the same poll so that stop, activity and a new watch list
       // reach it at once.

@@ -47,6 +47,34 @@ const SYMBOLS = {
     nonblocking: true,
   },
   __errno_location: { parameters: [], result: "pointer" },
+  // The data plane's own sockets (proxy/fd_socket.ts) and their readiness
+  // (device/notify/io_poller.ts). Buffers are views into JavaScript memory
+  // or the mapped region; every call is non-blocking.
+  epoll_create1: { parameters: ["i32"], result: "i32" },
+  epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
+  // ssize_t read as its low 32 bits (the x86-64 and arm64 ABIs return it
+  // in one register, so this is exact for our transfers, all under 2 GiB):
+  // a number, where "isize" would allocate a BigInt on every call.
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  accept4_addr: {
+    name: "accept4",
+    parameters: ["i32", "buffer", "buffer", "i32"],
+    result: "i32",
+  },
+  getsockopt: {
+    parameters: ["i32", "i32", "i32", "buffer", "buffer"],
+    result: "i32",
+  },
+  setsockopt: {
+    parameters: ["i32", "i32", "i32", "buffer", "u32"],
+    result: "i32",
+  },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  sched_yield: { parameters: [], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded symbols. */
@@ -129,7 +157,6 @@ const ERRNO_NAMES: Record<number, string> = {
   111: "ECONNREFUSED",
 };
 
-/** errno of the last failed synchronous call on this thread. */
 /**
  * `mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`: the one
  * mapping every region and register window uses. Returns null on failure,
@@ -151,18 +178,23 @@ export function mapShared(fd: number, size: number): Deno.PointerObject | null {
   return ptr;
 }
 
+/** errno of the last failed synchronous call on this thread. */
 export function errno(): number {
   const p = libc().__errno_location();
   return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
 }
 
+/** The C library's text for an errno value: `"No such file or directory"`. */
+export function strerror(code: number): string {
+  const p = libc().strerror(code);
+  return p === null
+    ? `unknown error ${code}`
+    : new Deno.UnsafePointerView(p).getCString();
+}
+
 /** `"ENOENT (No such file or directory)"` for an errno value. */
 export function describeErrno(code: number): string {
-  const p = libc().strerror(code);
-  const text = p === null
-    ? "unknown error"
-    : new Deno.UnsafePointerView(p).getCString();
-  return `${ERRNO_NAMES[code] ?? `errno ${code}`} (${text})`;
+  return `${ERRNO_NAMES[code] ?? `errno ${code}`} (${strerror(code)})`;
 }
 
 /** A NUL-terminated copy of a path for FFI. */

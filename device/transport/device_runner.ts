@@ -4,20 +4,24 @@
  * beats, and sleeps on the {@linkcode Waker} when there is nothing to do.
  *
  * One turn takes at most `batch` packets from the tx queue, then lets the
- * layer above write what it has into the rx queue, then yields to the event
- * loop (so TCP and WebSocket traffic keeps flowing) before the next turn.
- * Tx processing never waits for rx room: replies the engine cannot place yet
+ * layer above write what it has into the rx queue, then serves the sockets
+ * of the layer above that became ready (an {@linkcode IoPoller}). After a
+ * turn it paces itself with a {@linkcode LoopPacer}: it spins briefly after
+ * work, yielding to the event loop often enough that timers, the admin API
+ * and WebSocket traffic keep flowing, then sleeps on its waker. Tx
+ * processing never waits for rx room: replies the engine cannot place yet
  * stay queued in the engine (virtio 1.3, 5.10.6.3.1).
  *
  * @module
  */
 
-import { setImmediate } from "node:timers";
 import type { LogFn } from "../log.ts";
 import { silentLog } from "../log.ts";
 import type { InboundPacket } from "../packets/inbound_packet.ts";
 import type { DeviceRx } from "../packets/device_rx.ts";
+import { type IoPoller, serveSockets } from "../notify/io_poller.ts";
 import { Waker } from "../notify/waker.ts";
+import { LoopPacer, settle } from "./loop_pacer.ts";
 import type {
   ActiveQueues,
   DeviceTransport,
@@ -54,6 +58,10 @@ export interface DeviceRunnerOptions {
   ringDriver?: (vector: number) => void;
   /** Waker back-off settings. */
   waker?: Waker;
+  /** The layer above's sockets, served on every turn. */
+  io?: IoPoller;
+  /** How long to spin after work (ms). @default {SPIN_MS} */
+  spinMs?: number;
   log?: LogFn;
 }
 
@@ -68,7 +76,11 @@ export class DeviceRunner {
   #doorbells: readonly number[];
   #ringDriver: ((vector: number) => void) | undefined;
   #log: LogFn;
+  #io: IoPoller | null;
+  #pacer: LoopPacer;
   #stopping = false;
+  /** Inside a turn (or a kick's transmit): a kick only asks for another. */
+  #busy = false;
   #done: Promise<void> | null = null;
   #rxBit = 0;
   #eventBit = 0;
@@ -85,13 +97,15 @@ export class DeviceRunner {
     this.#doorbells = options.doorbells ?? [];
     this.#ringDriver = options.ringDriver;
     this.#log = options.log ?? silentLog;
+    this.#io = options.io ?? null;
+    this.#pacer = new LoopPacer(options.spinMs);
     this.#ownsWaker = options.waker === undefined;
     // With doorbells the driver rings for every change that matters, so the
     // memory poll is only a safety net and can idle slowly.
     this.#waker = options.waker ??
       new Waker(
         transport.region,
-        this.#doorbells.length > 0 ? DOORBELL_BACKOFF : {},
+        this.#doorbells.length > 0 ? DOORBELL_BACKOFF : LOOP_BACKOFF,
       );
     this.#watch();
   }
@@ -112,8 +126,28 @@ export class DeviceRunner {
     }
   }
 
-  /** The layer above has something to send: take a turn soon. */
+  /**
+   * The layer above has something to send: put it in the rx queue now if
+   * it can go (a kick comes from a write, outside any turn), and take a
+   * turn soon for whatever cannot. Sending at once rather than on the next
+   * turn took 3-5 us off each crossing of a 64-byte round trip.
+   */
   kick(): void {
+    const q = this.transport.queues;
+    if (!this.#busy && q !== null && !this.#stopping) {
+      this.#busy = true;
+      try {
+        if (this.#transmit(q) > 0) {
+          this.#waker.activity();
+          this.#pacer.noteWork(performance.now());
+        }
+      } finally {
+        this.#busy = false;
+      }
+      if (!(this.#port.hasPendingOutput?.() ?? true) && !this.#broken(q)) {
+        return;
+      }
+    }
     this.#waker.poke();
   }
 
@@ -135,9 +169,14 @@ export class DeviceRunner {
         lastBeat = now;
       }
       let work = 0;
+      // Sockets first: what they deliver reaches the engine (settle) in
+      // time for this turn to put it in the ring.
+      if ((work = serveSockets(this.#io, this.#log)) > 0) {
+        await settle();
+      }
       try {
         this.#apply(this.transport.poll(now));
-        work = this.#turn();
+        work += this.#turn();
       } catch (err) {
         // Nothing the guest writes should get here (it is validated), so
         // this is a bug; keep the process alive and the guest informed.
@@ -149,14 +188,18 @@ export class DeviceRunner {
       if (work > 0) {
         rechecked = false;
         this.#waker.activity();
-        await yieldToEventLoop();
+        await this.#pacer.worked(now);
+        continue;
+      }
+      const spin = this.#pacer.spin(now);
+      if (spin !== null) {
+        await spin;
         continue;
       }
       // Something arrived as we re-armed: take one more turn. Only one, so a
       // ring that reports work no turn can do cannot keep us from sleeping.
       if (!rechecked && this.#rearmDoorbells()) {
         rechecked = true;
-        await yieldToEventLoop();
         continue;
       }
       // Only what we need news of may wake us: buffers on the rx queue
@@ -165,7 +208,6 @@ export class DeviceRunner {
       // wakes us for nothing (in a 64-byte ping-pong, once per round trip).
       if (!rechecked && this.#muteIdleQueues()) {
         rechecked = true;
-        await yieldToEventLoop();
         continue;
       }
       rechecked = false;
@@ -174,6 +216,7 @@ export class DeviceRunner {
         this.#heartbeatMs - (performance.now() - lastBeat),
       );
       await this.#waker.wait(untilBeat);
+      this.#pacer.slept(performance.now());
     }
   }
 
@@ -181,6 +224,15 @@ export class DeviceRunner {
   #turn(): number {
     const q = this.transport.queues;
     if (q === null) return 0;
+    this.#busy = true;
+    try {
+      return this.#turnOver(q);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #turnOver(q: ActiveQueues): number {
     this.#waker.noteSeen();
     let work = 0;
     while (work < this.#batch && q.deviceTx.next()) {
@@ -189,21 +241,31 @@ export class DeviceRunner {
     }
     q.deviceTx.flush();
     if (this.transport.queues !== q) return work; // the port reset us
-    work += this.#port.transmit(q.deviceRx);
+    work += this.#transmit(q);
+    const broken = this.#broken(q);
+    if (broken !== null) this.#apply(this.transport.fail(broken));
+    return work;
+  }
+
+  /**
+   * Writes what the layer above has into the rx queue, flushes events, and
+   * interrupts the driver if it asked; returns the packets written.
+   */
+  #transmit(q: ActiveQueues): number {
+    const tx = this.#port.transmit(q.deviceRx);
     if (q.events.pending > 0) q.events.flush();
-    const broken = q.tx.broken ?? q.rx.broken ?? q.event.broken;
-    if (broken !== null) {
-      this.#apply(this.transport.fail(broken));
-      return work;
-    }
-    if (this.#ringDriver !== undefined) {
+    if (this.#ringDriver !== undefined && this.#broken(q) === null) {
       // Every queue's decision is taken (and recorded), then one ring.
       const rx = q.rx.shouldNotify();
-      const tx = q.tx.shouldNotify();
+      const txq = q.tx.shouldNotify();
       const event = q.event.shouldNotify();
-      if (rx || tx || event) this.#ringDriver(q.driverVector);
+      if (rx || txq || event) this.#ringDriver(q.driverVector);
     }
-    return work;
+    return tx;
+  }
+
+  #broken(q: ActiveQueues): string | null {
+    return q.tx.broken ?? q.rx.broken ?? q.event.broken;
   }
 
   /**
@@ -258,17 +320,18 @@ export class DeviceRunner {
     this.#rxBit = queueBits(words, ["rx"]);
     this.#eventBit = queueBits(words, ["event"]);
     this.#waker.mute(0);
-    this.#waker.watch(words, this.#doorbells);
+    this.#waker.watch(words, this.#doorbells, this.#io?.fd ?? -1);
   }
 }
 
-/** Waker back-off when doorbells wake us: the idle memory poll once a second. */
-export const DOORBELL_BACKOFF = { idleSleepMs: 1000 };
+/**
+ * Waker back-off under a loop that spins itself (a {@linkcode LoopPacer}):
+ * the worker takes over only once the loop sleeps, so it need not spin.
+ */
+export const LOOP_BACKOFF = { spinMs: 0 };
 
-/** Yields to the event loop cheaply (~10 us; `setTimeout(0)` costs ~2 ms). */
-export function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
+/** Waker back-off when doorbells wake us: the idle memory poll once a second. */
+export const DOORBELL_BACKOFF = { ...LOOP_BACKOFF, idleSleepMs: 1000 };
 
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);

@@ -15,10 +15,12 @@ import type { LogFn } from "../log.ts";
 import { silentLog } from "../log.ts";
 import type { InboundPacket } from "../packets/inbound_packet.ts";
 import type { DriverTx } from "../packets/driver_tx.ts";
+import { type IoPoller, serveSockets } from "../notify/io_poller.ts";
 import { Waker } from "../notify/waker.ts";
 import type { DriverQueues, DriverTransport } from "./driver_transport.ts";
 import { DEVICE_VECTOR, queueBits } from "./layout.ts";
-import { DOORBELL_BACKOFF, yieldToEventLoop } from "./device_runner.ts";
+import { DOORBELL_BACKOFF, LOOP_BACKOFF } from "./device_runner.ts";
+import { LoopPacer, settle } from "./loop_pacer.ts";
 
 /** What the driver loop drives: the guest-side vsock engine, or a test. */
 export interface DriverPort {
@@ -51,6 +53,10 @@ export interface DriverRunnerOptions {
   retryMs?: number;
   /** How long each start attempt waits for the device to appear. @default {1000} */
   startWaitMs?: number;
+  /** The layer above's sockets, served on every turn. */
+  io?: IoPoller;
+  /** How long to spin after work (ms). @default {SPIN_MS} */
+  spinMs?: number;
   log?: LogFn;
 }
 
@@ -66,7 +72,13 @@ export class DriverRunner {
   #retryMs: number;
   #startWaitMs: number;
   #log: LogFn;
+  #io: IoPoller | null;
+  #pacer: LoopPacer;
   #stopping = false;
+  /** The queues in use while active, for a kick's transmit. */
+  #live: DriverQueues | null = null;
+  /** Inside a turn (or a kick's transmit): a kick only asks for another. */
+  #busy = false;
   #abort = new AbortController();
   #done: Promise<void> | null = null;
   #txBit = 0;
@@ -85,9 +97,11 @@ export class DriverRunner {
     this.#retryMs = options.retryMs ?? 200;
     this.#startWaitMs = options.startWaitMs ?? 1000;
     this.#log = options.log ?? silentLog;
+    this.#io = options.io ?? null;
+    this.#pacer = new LoopPacer(options.spinMs);
     this.#waker = new Waker(
       transport.region,
-      this.#doorbells.length > 0 ? DOORBELL_BACKOFF : {},
+      this.#doorbells.length > 0 ? DOORBELL_BACKOFF : LOOP_BACKOFF,
     );
   }
 
@@ -97,8 +111,25 @@ export class DriverRunner {
     return this.#done;
   }
 
-  /** The layer above has something to send. */
+  /**
+   * The layer above has something to send: put it in the tx queue now if
+   * it can go, and take a turn soon for whatever cannot (see
+   * `DeviceRunner.kick`).
+   */
   kick(): void {
+    const q = this.#live;
+    if (!this.#busy && q !== null && this.transport.queues === q) {
+      this.#busy = true;
+      try {
+        if (this.#transmit(q) > 0) {
+          this.#waker.activity();
+          this.#pacer.noteWork(performance.now());
+        }
+      } finally {
+        this.#busy = false;
+      }
+      if (!(this.#port.hasPendingOutput?.() ?? true)) return;
+    }
     this.#waker.poke();
   }
 
@@ -123,6 +154,9 @@ export class DriverRunner {
         lastBeat = now;
       }
       if (!active) {
+        // Sockets still need answers while the device is away (a forward's
+        // client is refused at once, not when the device returns).
+        serveSockets(this.#io, this.#log);
         try {
           // The first start waits for the device and bumps our generation;
           // later ones reset and renegotiate over the same region.
@@ -132,6 +166,7 @@ export class DriverRunner {
           started = true;
           active = true;
           this.#port.activated(queues);
+          this.#live = queues;
           // The device queues TRANSPORT_RESET before it acknowledges
           // DRIVER_OK, so it is visible now: take it before any packet of
           // the new session, or it would end connections that session opens.
@@ -155,70 +190,99 @@ export class DriverRunner {
         }
         continue;
       }
+      // Sockets first: what they deliver reaches the engine (settle) in
+      // time for this turn to put it in the ring.
+      let work = 0;
+      if ((work = serveSockets(this.#io, this.#log)) > 0) {
+        await settle();
+      }
       const change = this.transport.poll(now);
       const q = this.transport.queues;
       if (change !== null || q === null) {
         active = false;
+        this.#live = null;
         this.#port.deactivated(change?.reason ?? "transport stopped");
         this.#watch();
         continue;
       }
-      const work = this.#turn(q);
+      work += this.#turn(q);
       const broken = q.rx.broken ?? q.tx.broken ?? q.event.broken;
       if (broken !== null) {
         this.#log("warn", `device broke a queue rule, resetting: ${broken}`);
         active = false;
+        this.#live = null;
         this.#port.deactivated(`device error: ${broken}`);
         continue;
       }
       if (work > 0) {
         rechecked = false;
         this.#waker.activity();
-        await yieldToEventLoop();
+        await this.#pacer.worked(now);
+        continue;
+      }
+      const spin = this.#pacer.spin(now);
+      if (spin !== null) {
+        await spin;
         continue;
       }
       // Something arrived as we re-armed: take one more turn, only one.
       if (!rechecked && this.#rearmCallbacks(q)) {
         rechecked = true;
-        await yieldToEventLoop();
         continue;
       }
       // The device returning tx buffers matters only while output waits for
       // room; otherwise each one would wake us for nothing.
       if (!rechecked && this.#muteIdleQueues(q)) {
         rechecked = true;
-        await yieldToEventLoop();
         continue;
       }
       rechecked = false;
       await this.#waker.wait(
         Math.max(1, this.#heartbeatMs - (performance.now() - lastBeat)),
       );
+      this.#pacer.slept(performance.now());
     }
   }
 
   #turn(q: DriverQueues): number {
+    this.#busy = true;
+    try {
+      return this.#turnOver(q);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #turnOver(q: DriverQueues): number {
     this.#waker.noteSeen();
     let work = 0;
     while (work < this.#batch && q.driverRx.next()) {
       this.#port.receive(q.driverRx.packet);
       work++;
     }
-    let kick = q.rx.publish();
+    const kick = q.rx.publish();
     for (let id = q.events.next(); id >= 0; id = q.events.next()) {
       this.#port.event(id);
       work++;
     }
     if (this.transport.queues !== q) return work;
+    return work + this.#transmit(q, kick);
+  }
+
+  /**
+   * Writes what the layer above has into the tx queue and rings the device
+   * once if it asked (for this or, `ring`, for the rx buffers just
+   * published); returns the packets written.
+   */
+  #transmit(q: DriverQueues, ring = false): number {
     // Free what the device has consumed now, not only on the next send:
     // otherwise finished entries would look like news at every re-arm.
     q.driverTx.reclaim();
-    work += this.#port.transmit(q.driverTx, q.maxTxPayload);
-    kick = q.tx.publish() || kick;
-    if (kick && this.#ringDevice !== undefined) {
+    const tx = this.#port.transmit(q.driverTx, q.maxTxPayload);
+    if ((q.tx.publish() || ring) && this.#ringDevice !== undefined) {
       this.#ringDevice(DEVICE_VECTOR.QUEUE);
     }
-    return work;
+    return tx;
   }
 
   /**
@@ -248,7 +312,7 @@ export class DriverRunner {
     const words = this.transport.watchedWords();
     this.#txBit = queueBits(words, ["tx"]);
     this.#waker.mute(0);
-    this.#waker.watch(words, this.#doorbells);
+    this.#waker.watch(words, this.#doorbells, this.#io?.fd ?? -1);
   }
 }
 

@@ -6,6 +6,7 @@
  * @module
  */
 
+import "./ffi.ts";
 import { Region } from "../../device/shm/region.ts";
 import { DeviceTransport } from "../../device/transport/device_transport.ts";
 import {

@@ -14,6 +14,7 @@
  * @module
  */
 
+import "../_support/ffi.ts";
 import { Region } from "../../device/shm/region.ts";
 import type { LogFn, LogLevel } from "../../device/log.ts";
 import {

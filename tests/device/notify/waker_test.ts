@@ -3,9 +3,11 @@
  * thread's activity cuts its idle sleep short, but only then (a worker in
  * its short phase is not woken on every turn: that cost the round trip).
  */
+import "../../_support/ffi.ts";
 import { assert, assertEquals } from "../../../dev_deps.ts";
 import { Region } from "../../../device/shm/region.ts";
 import { type BackoffOptions, Waker } from "../../../device/notify/waker.ts";
+import { EventFd } from "../../../device/notify/eventfd.ts";
 
 const WORD = 64;
 
@@ -181,5 +183,30 @@ Deno.test("a process that exits before its worker connects leaves no wake socket
     assertEquals(await Array.fromAsync(Deno.readDir(tmp)), []);
   } finally {
     await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("a readable io descriptor wakes a worker in its long sleep, and the worker leaves it to the main thread", async () => {
+  // 20 s sleeps: only the descriptor can end this wait in time. It stands
+  // for the ring loop's epoll set, which the main thread clears itself.
+  const backoff = {
+    spinMs: 0,
+    shortSleepMs: 20_000,
+    shortPhaseMs: 0,
+    idleSleepMs: 20_000,
+  };
+  const io = EventFd.create();
+  const waker = new Waker(Region.alloc(4096), backoff);
+  try {
+    waker.watch([{ offset: WORD, width: 4 }], [], io.fd);
+    await watching(waker);
+    await sleep(100); // the worker is in its long sleep
+    const woke = waker.wait(10_000);
+    io.signal(3n);
+    assertEquals(await woke, "changed");
+    assertEquals(io.drain(), 3n, "the worker did not read the descriptor");
+  } finally {
+    await waker.close();
+    await io.close();
   }
 });
