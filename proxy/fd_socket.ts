@@ -41,6 +41,7 @@ import {
 import {
   decodeSockaddr,
   inetSockaddr,
+  parseIPv4,
   resolveHost,
   type Sockaddr,
   SOCKADDR_MAX,
@@ -486,7 +487,8 @@ export async function connectTcp(
   timeoutMs: number,
 ): Promise<FdConn> {
   const deadline = performance.now() + timeoutMs;
-  const ips = await resolveHost(host);
+  // An IP literal (the usual target) skips the resolver's round trip.
+  const ips = parseIPv4(host) !== null ? [host] : await resolveHost(host);
   let last: unknown = null;
   for (const ip of ips) {
     const sa = inetSockaddr(ip, port);
@@ -545,7 +547,10 @@ async function connectTo(
     throw osError(code);
   }
   const conn = new FdConn(fd, io, remote); // closes fd if it throws
-  if (started) return conn;
+  // On loopback the handshake is usually over when connect() returns
+  // EINPROGRESS: look before waiting for the edge (a turn of the loop and a
+  // timer saved, about a tenth of a connection's set-up here).
+  if (started || isConnected(fd)) return conn;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
