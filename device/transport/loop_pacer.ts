@@ -30,11 +30,13 @@ export const SPIN_MS = 2;
 
 /**
  * Longest the loop goes without yielding to Deno's event loop while it
- * spins or works. A yield costs about 4 us; yielding on every look made a
- * round trip 10-30% slower than yielding every 0.1 ms (prototype,
+ * spins or works, so timers, the admin API and WebSocket traffic wait at
+ * most this long. A yield costs about 4 us; yielding on every look made a
+ * round trip 10-30% slower than every 0.1 ms (prototype), and every 0.5 ms
+ * measured 2-3% better again than every 0.1 ms (interleaved runs,
  * docs/performance.md).
  */
-export const EVENT_LOOP_EVERY_MS = 0.1;
+export const EVENT_LOOP_EVERY_MS = 0.5;
 
 /** Paces one ring loop. */
 export class LoopPacer {
