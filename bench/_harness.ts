@@ -12,8 +12,8 @@ export interface ScenarioResult {
   unit: string;
   value: number;
   baseline: { name: string; value: number };
-  /** value / baseline.value */
-  ratio: number;
+  /** value / baseline.value; null when the baseline measured 0 */
+  ratio: number | null;
   /** The goal from the issue, when there is one, and whether it is met. */
   target?: { text: string; met: boolean };
 }
@@ -81,7 +81,8 @@ export async function runScenarios(
           unit: s.unit,
           value: round(value),
           baseline: { name: b.name, value: round(bv) },
-          ratio: round(value / bv, 3),
+          // An idle process can measure 0% of a core: no ratio then.
+          ratio: bv === 0 ? null : round(value / bv, 3),
         };
         if (b.target) {
           result.target = { text: b.target.text, met: b.target.met(value, bv) };
@@ -110,7 +111,7 @@ export async function report(
     r.name,
     `${fmt(r.value)} ${r.unit}`,
     `${fmt(r.baseline.value)} ${r.unit} (${r.baseline.name})`,
-    `${r.ratio}x`,
+    r.ratio === null ? "-" : `${r.ratio}x`,
     r.target ? `${r.target.met ? "met" : "MISSED"}: ${r.target.text}` : "",
   ]);
   const head = ["scenario", "ivsock", "baseline", "ratio", "target"];
