@@ -66,6 +66,8 @@ export class IoPoller {
   #one = new Uint8Array(EVENT_SIZE);
   #oneView = new DataView(this.#one.buffer);
   #closed = false;
+  /** The first error a handler threw during the current dispatch. */
+  #failure: { err: unknown } | null = null;
 
   /** @throws {Error} if the kernel refuses an epoll descriptor (EMFILE). */
   constructor() {
@@ -143,29 +145,37 @@ export class IoPoller {
   dispatch(): number {
     if (this.#closed) return 0;
     let ran = 0;
-    let failure: { err: unknown } | null = null;
-    const run = (entry: Entry | undefined, events: number) => {
-      if (entry === undefined) return; // removed during this dispatch
-      ran++;
-      try {
-        entry.handler(events);
-      } catch (err) {
-        failure ??= { err };
-      }
-    };
     if (this.#again.size > 0) {
       const again = [...this.#again];
       this.#again.clear();
-      for (const fd of again) run(this.#entries.get(fd), EPOLLIN);
+      for (const fd of again) ran += this.#call(fd, EPOLLIN);
     }
     const n = libc().epoll_wait(this.fd, this.#events, MAX_EVENTS, 0);
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_SIZE;
       const fd = this.#view.getUint32(at + DATA_OFFSET, true);
-      run(this.#entries.get(fd), this.#view.getUint32(at, true));
+      ran += this.#call(fd, this.#view.getUint32(at, true));
     }
-    if (failure !== null) throw (failure as { err: unknown }).err;
+    const failure = this.#failure;
+    this.#failure = null;
+    if (failure !== null) throw failure.err;
     return ran;
+  }
+
+  /**
+   * Runs `fd`'s handler, keeping the first error for the end of the
+   * dispatch; returns 1, or 0 when `fd` was removed during this dispatch.
+   * (A method, not a closure: dispatch runs on every turn of the loop.)
+   */
+  #call(fd: number, events: number): number {
+    const entry = this.#entries.get(fd);
+    if (entry === undefined) return 0;
+    try {
+      entry.handler(events);
+    } catch (err) {
+      this.#failure ??= { err };
+    }
+    return 1;
   }
 
   /**

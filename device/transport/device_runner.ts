@@ -79,8 +79,6 @@ export class DeviceRunner {
   #io: IoPoller | null;
   #pacer: LoopPacer;
   #stopping = false;
-  /** Inside a turn (or a kick's transmit): a kick only asks for another. */
-  #busy = false;
   #done: Promise<void> | null = null;
   #rxBit = 0;
   #eventBit = 0;
@@ -134,17 +132,12 @@ export class DeviceRunner {
    */
   kick(): void {
     const q = this.transport.queues;
-    if (!this.#busy && q !== null && !this.#stopping) {
-      this.#busy = true;
-      try {
-        if (this.#transmit(q) > 0) {
-          this.#waker.activity();
-          this.#pacer.noteWork(performance.now());
-        }
-      } finally {
-        this.#busy = false;
-      }
-      if (!(this.#port.hasPendingOutput?.() ?? true) && !this.#broken(q)) {
+    const sent = q === null || this.#stopping
+      ? null
+      : this.#pacer.exclusive(() => this.#transmit(q));
+    if (sent !== null) {
+      if (sent > 0) this.#waker.activity();
+      if (!(this.#port.hasPendingOutput?.() ?? true) && !this.#broken(q!)) {
         return;
       }
     }
@@ -224,12 +217,7 @@ export class DeviceRunner {
   #turn(): number {
     const q = this.transport.queues;
     if (q === null) return 0;
-    this.#busy = true;
-    try {
-      return this.#turnOver(q);
-    } finally {
-      this.#busy = false;
-    }
+    return this.#pacer.exclusive(() => this.#turnOver(q)) ?? 0;
   }
 
   #turnOver(q: ActiveQueues): number {

@@ -77,8 +77,6 @@ export class DriverRunner {
   #stopping = false;
   /** The queues in use while active, for a kick's transmit. */
   #live: DriverQueues | null = null;
-  /** Inside a turn (or a kick's transmit): a kick only asks for another. */
-  #busy = false;
   #abort = new AbortController();
   #done: Promise<void> | null = null;
   #txBit = 0;
@@ -118,16 +116,11 @@ export class DriverRunner {
    */
   kick(): void {
     const q = this.#live;
-    if (!this.#busy && q !== null && this.transport.queues === q) {
-      this.#busy = true;
-      try {
-        if (this.#transmit(q) > 0) {
-          this.#waker.activity();
-          this.#pacer.noteWork(performance.now());
-        }
-      } finally {
-        this.#busy = false;
-      }
+    const sent = q === null || this.transport.queues !== q
+      ? null
+      : this.#pacer.exclusive(() => this.#transmit(q));
+    if (sent !== null) {
+      if (sent > 0) this.#waker.activity();
       if (!(this.#port.hasPendingOutput?.() ?? true)) return;
     }
     this.#waker.poke();
@@ -245,12 +238,7 @@ export class DriverRunner {
   }
 
   #turn(q: DriverQueues): number {
-    this.#busy = true;
-    try {
-      return this.#turnOver(q);
-    } finally {
-      this.#busy = false;
-    }
+    return this.#pacer.exclusive(() => this.#turnOver(q)) ?? 0;
   }
 
   #turnOver(q: DriverQueues): number {

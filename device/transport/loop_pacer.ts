@@ -43,6 +43,7 @@ export class LoopPacer {
   readonly spinMs: number;
   #lastWork = -Infinity;
   #lastYield = 0;
+  #busy = false;
 
   constructor(spinMs = SPIN_MS) {
     this.spinMs = spinMs;
@@ -71,9 +72,23 @@ export class LoopPacer {
     return yieldToEventLoop();
   }
 
-  /** Work done outside a turn (a kick's transmit): spin after it too. */
-  noteWork(now: number): void {
-    this.#lastWork = now;
+  /**
+   * Runs `work` (a turn over the rings, or a kick's transmit) unless one is
+   * running already, as when a write inside a turn kicks; returns how much
+   * it did, or null when it did not run. Work done here (outside the loop's
+   * own turns) counts for the spin too.
+   */
+  exclusive(work: () => number): number | null {
+    if (this.#busy) return null;
+    this.#busy = true;
+    let done: number;
+    try {
+      done = work();
+    } finally {
+      this.#busy = false;
+    }
+    if (done > 0) this.#lastWork = performance.now();
+    return done;
   }
 
   /** The loop slept on its waker (and so let the event loop run). */
