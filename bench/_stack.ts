@@ -174,31 +174,62 @@ export function freePort(): number {
   return port;
 }
 
-/** Two chained socat relays in front of `port`; returns the front port. */
+/**
+ * Two chained socat relays in front of `port`; returns the front port.
+ *
+ * By default (what people run today) both legs are TCP and socat uses its
+ * 8 KiB blocks. With `via: "unix"` the relays talk over a UNIX socket
+ * instead, in `blockSize` blocks: the shape of ivsock's own path (a TCP leg
+ * into one process, a local channel to a second, a TCP leg out) with
+ * native relays and no ring, the ceiling for that shape on the machine.
+ */
 export class SocatChain {
   readonly port: number;
   #procs: Deno.ChildProcess[];
+  #dir: string | null;
 
-  private constructor(port: number, procs: Deno.ChildProcess[]) {
+  private constructor(
+    port: number,
+    procs: Deno.ChildProcess[],
+    dir: string | null,
+  ) {
     this.port = port;
     this.#procs = procs;
+    this.#dir = dir;
   }
 
-  static async start(target: number): Promise<SocatChain> {
-    const middle = freePort();
+  static async start(
+    target: number,
+    o: { via?: "tcp" | "unix"; blockSize?: number } = {},
+  ): Promise<SocatChain> {
     const front = freePort();
-    const spawn = (listen: number, to: number) =>
+    const block = o.blockSize === undefined ? [] : ["-b", String(o.blockSize)];
+    const spawn = (from: string, to: string) =>
       new Deno.Command("socat", {
-        args: [
-          `TCP-LISTEN:${listen},bind=127.0.0.1,fork,reuseaddr`,
-          `TCP:127.0.0.1:${to}`,
-        ],
+        args: [...block, from, to],
         stdout: "null",
         stderr: "null",
       }).spawn();
-    const procs = [spawn(middle, target), spawn(front, middle)];
+    const listen = (port: number) =>
+      `TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`;
+    if (o.via === "unix") {
+      const dir = await Deno.makeTempDir({ prefix: "ivsock-bench-socat-" });
+      const path = `${dir}/relay.sock`;
+      const procs = [
+        spawn(`UNIX-LISTEN:${path},fork`, `TCP:127.0.0.1:${target}`),
+      ];
+      await waitFor(() => exists(path));
+      procs.push(spawn(listen(front), `UNIX-CONNECT:${path}`));
+      await waitListening(front);
+      return new SocatChain(front, procs, dir);
+    }
+    const middle = freePort();
+    const procs = [
+      spawn(listen(middle), `TCP:127.0.0.1:${target}`),
+      spawn(listen(front), `TCP:127.0.0.1:${middle}`),
+    ];
     for (const port of [middle, front]) await waitListening(port);
-    return new SocatChain(front, procs);
+    return new SocatChain(front, procs, null);
   }
 
   async stop(): Promise<void> {
@@ -210,6 +241,25 @@ export class SocatChain {
       }
       await p.status;
     }
+    if (this.#dir !== null) await Deno.remove(this.#dir, { recursive: true });
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Resolves once `ready()` holds, polling. */
+async function waitFor(ready: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ready()) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 20));
   }
 }
 

@@ -13,6 +13,12 @@ import { freePort, rssKiB, Servers, SocatChain, Stack } from "./_stack.ts";
 
 const BULK_MIB = 256;
 
+/**
+ * Block size of the native relay pair: the size of the sidecar's own
+ * socket reads (proxy/tcp_streams.ts READ_SIZE).
+ */
+const NATIVE_BLOCK = 256 * 1024;
+
 interface Variant {
   mergeable: boolean;
   rxBufferSize: number;
@@ -39,6 +45,7 @@ export function throughputScenarios(): Scenario[] {
       let servers: Servers;
       let stack: Stack;
       let socat: SocatChain;
+      let native: SocatChain;
       let entry = 0;
       out.push({
         name: `bulk ${direction}, ${variantName(v)}, 64 KiB writes`,
@@ -71,8 +78,13 @@ export function throughputScenarios(): Scenario[] {
             ? stack.forwardPorts[0]!
             : routePort;
           socat = await SocatChain.start(sink);
+          native = await SocatChain.start(sink, {
+            via: "unix",
+            blockSize: NATIVE_BLOCK,
+          });
         },
         async teardown() {
+          await native?.stop();
           await socat?.stop();
           await stack?.stop();
           await servers?.stop();
@@ -88,6 +100,14 @@ export function throughputScenarios(): Scenario[] {
             name: "two chained socat relays",
             run: () => bulk(socat.port, BULK_MIB),
             target: { text: ">= 1.0x chained socat", met: (x, b) => x >= b },
+          },
+          {
+            // No target: the same shape as ivsock's path (a TCP leg in, a
+            // second process over a local channel, a TCP leg out) with
+            // native relays and no ring, which bounds any relay of this
+            // shape on the machine (docs/performance.md).
+            name: "socat TCP-UNIX-TCP relay pair, 256 KiB blocks",
+            run: () => bulk(native.port, BULK_MIB),
           },
         ],
       });
