@@ -163,6 +163,7 @@ export function latencyScenarios(): Scenario[] {
   for (const doorbell of [false, true]) {
     for (const q of [0.5, 0.99]) {
       let rig: GuestServer;
+      let native: SocatChain;
       out.push({
         name: `64-byte round trip p${q * 100}, host to guest echo, ${
           doorbell ? "doorbell" : "polling"
@@ -171,8 +172,15 @@ export function latencyScenarios(): Scenario[] {
         rounds: 3,
         async setup() {
           rig = await GuestServer.start("echo", 7, { doorbell });
+          native = await SocatChain.start(rig.direct, {
+            via: "unix",
+            blockSize: NATIVE_BLOCK,
+          });
         },
-        teardown: () => rig?.stop(),
+        async teardown() {
+          await native?.stop();
+          await rig?.stop();
+        },
         subject: async () => quantile(await pingPong(rig.port, 2000), q),
         baselines: [{
           name: "direct TCP loopback round trip",
@@ -185,6 +193,10 @@ export function latencyScenarios(): Scenario[] {
               },
             }
             : {}),
+        }, {
+          // No target: the same shape with native relays (see bulk).
+          name: "socat TCP-UNIX-TCP relay pair round trip",
+          run: async () => quantile(await pingPong(native.port, 2000), q),
         }],
       });
     }
