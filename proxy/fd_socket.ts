@@ -143,14 +143,24 @@ export class FdConn implements ByteSocket {
 
   /**
    * Takes ownership of `fd`, a connected (or connecting) non-blocking
-   * stream socket, and watches it on `io`.
+   * stream socket, and watches it on `io`. `mayHaveData` false skips the
+   * first read until an EPOLLIN edge: for a socket we just connected,
+   * whose peer has seldom sent anything yet (the read would only say
+   * EAGAIN). Data already queued when the socket joins the epoll set still
+   * raises that edge (epoll_ctl(2) reports what is ready at once).
    *
    * @throws {Error} when the poller refuses it; `fd` is closed then.
    */
-  constructor(fd: number, io: IoPoller, remoteAddr: SocketAddress) {
+  constructor(
+    fd: number,
+    io: IoPoller,
+    remoteAddr: SocketAddress,
+    mayHaveData = true,
+  ) {
     this.#fd = fd;
     this.#io = io;
     this.remoteAddr = remoteAddr;
+    this.#canRead = mayHaveData;
     try {
       io.add(
         fd,
@@ -226,8 +236,7 @@ export class FdConn implements ByteSocket {
   close(): void {
     if (this.#closed) throw closedError();
     this.#closed = true;
-    this.#io.remove(this.#fd);
-    libc().close(this.#fd);
+    this.#io.closeWatched(this.#fd);
     const r = this.#readWait;
     const w = this.#writeWait;
     this.#readWait = this.#writeWait = null;
@@ -418,8 +427,7 @@ export class FdListener {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#retry);
-    this.#io.remove(this.#fd);
-    libc().close(this.#fd);
+    this.#io.closeWatched(this.#fd);
   }
 
   #acceptSome(): void {
@@ -546,7 +554,7 @@ async function connectTo(
     libc().close(fd);
     throw osError(code);
   }
-  const conn = new FdConn(fd, io, remote); // closes fd if it throws
+  const conn = new FdConn(fd, io, remote, false); // closes fd if it throws
   // On loopback the handshake is usually over when connect() returns
   // EINPROGRESS: look before waiting for the edge (a turn of the loop and a
   // timer saved, about a tenth of a connection's set-up here).

@@ -438,6 +438,59 @@ Deno.test("FdConn.read() still gets bytes that arrive after a short read emptied
   });
 });
 
+Deno.test("FdConn reads a server's greeting (a peer that speaks first), queued before or after the socket joins the poller", async () => {
+  await withIo(async (io) => {
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const greeting = encoder.encode("220 ready\r\n");
+    const greet = async () => {
+      const peer = await within(listener.accept(), WAIT_MS, "accept");
+      await writeAll(peer, greeting);
+      return peer;
+    };
+    // Queued after: connectTcp() watches the socket first (and, as for
+    // every socket it connects, skips reading until an EPOLLIN edge).
+    const accepted = greet();
+    const conn = await connectTcp(io, "127.0.0.1", listener.addr.port, WAIT_MS);
+    const peer = await accepted;
+    try {
+      assertEquals(
+        await within(readExactly(conn, 11), WAIT_MS, "after"),
+        greeting,
+      );
+    } finally {
+      conn.close();
+      peer.close();
+    }
+    // Queued before: a socket connected and greeted before it is watched
+    // still reads, with no edge after it joined the set.
+    const sa = inetSockaddr("127.0.0.1", listener.addr.port);
+    const c = libc();
+    const fd = c.socket(
+      sa.family,
+      SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+      0,
+    );
+    assert(fd >= 0, "socket()");
+    c.connect(fd, sa.bytes, sa.bytes.length);
+    const early = await greet();
+    await sleep(20); // The greeting is in the socket's queue now.
+    const late = new FdConn(fd, io, {
+      transport: "tcp",
+      hostname: "127.0.0.1",
+      port: listener.addr.port,
+    }, false);
+    try {
+      assertEquals(
+        await within(readExactly(late, 11), WAIT_MS, "before"),
+        greeting,
+      );
+    } finally {
+      late.close();
+      early.close();
+    }
+  });
+});
+
 Deno.test("FdConn.read() pending when the conn closes rejects with Deno.errors.BadResource, as do later calls", async () => {
   await withIo(async (io) => {
     const { conn, peer } = await dialDeno(io);

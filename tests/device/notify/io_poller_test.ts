@@ -2,7 +2,13 @@ import "../../_support/ffi.ts";
 import { assert, assertEquals, assertThrows } from "../../../dev_deps.ts";
 import { EventFd } from "../../../device/notify/eventfd.ts";
 import { EPOLLIN, IoPoller } from "../../../device/notify/io_poller.ts";
-import { POLLIN, pollOnce } from "../../../device/shm/_libc.ts";
+import {
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  libc,
+  POLLIN,
+  pollOnce,
+} from "../../../device/shm/_libc.ts";
 
 /**
  * A poller and eventfds to watch, each counter a descriptor whose readiness
@@ -86,6 +92,46 @@ Deno.test("IoPoller.remove() stops a descriptor's handler, and ignores one not i
     io.remove(efd!.fd);
     io.remove(12345);
   });
+});
+
+Deno.test("IoPoller.closeWatched() closes the descriptor and forgets it: a number reused later runs only its new handler", () => {
+  const io = new IoPoller();
+  const c = libc();
+  const one = new Uint8Array(new BigUint64Array([1n]).buffer);
+  const open = new Set<number>();
+  const eventfd = () => {
+    const fd = c.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    assert(fd >= 0, "eventfd()");
+    open.add(fd);
+    return fd;
+  };
+  try {
+    const old = eventfd();
+    const ran: string[] = [];
+    io.add(old, EPOLLIN, () => ran.push("old"));
+    c.write(old, one, 8n); // an event pending
+    io.closeWatched(old);
+    open.delete(old);
+    assertEquals(io.size, 0);
+    // Closed: writing to it fails (EBADF) rather than signalling.
+    assertEquals(Number(c.write(old, one, 8n)), -1);
+    assertEquals(io.dispatch(), 0);
+    // The kernel hands out the lowest free number, so the old one comes
+    // back (unless another thread of the runtime took it first: a few
+    // tries). The kernel dropped the old descriptor from the set, so adding
+    // the new one works, and only its handler runs.
+    let reused = -1;
+    for (let i = 0; i < 8 && reused !== old; i++) reused = eventfd();
+    assertEquals(reused, old);
+    io.add(reused, EPOLLIN, () => ran.push("new"));
+    c.write(reused, one, 8n);
+    assertEquals(io.dispatch(), 1);
+    assertEquals(ran, ["new"]);
+    io.remove(reused);
+  } finally {
+    io.close();
+    for (const fd of open) c.close(fd);
+  }
 });
 
 Deno.test("IoPoller.dispatch() skips a descriptor that an earlier handler of the same batch removed", async () => {
