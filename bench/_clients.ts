@@ -8,25 +8,54 @@
 const MIB = 1024 * 1024;
 
 /**
+ * One end of a bulk transfer, whatever carries it: the client writes whole
+ * chunks, half-closes, then reads the sink's answer to the end.
+ */
+export interface BulkStream {
+  /** Resolves once `chunk` may be reused. */
+  writeAll(chunk: Uint8Array): Promise<void>;
+  closeWrite(): Promise<void>;
+  /** The answer's next bytes, or null at its end. */
+  read(): Promise<Uint8Array | null>;
+  close(): void;
+}
+
+/**
  * Sends `mib` MiB in 64 KiB writes to a sink, half-closes, waits for the
  * sink's byte count; returns MiB/s.
  */
 export async function bulk(port: number, mib: number): Promise<number> {
   const c = await Deno.connect({ hostname: "127.0.0.1", port });
   c.setNoDelay(true);
+  const buf = new Uint8Array(32);
+  return await bulkOver({
+    async writeAll(chunk) {
+      let at = 0;
+      while (at < chunk.length) at += await c.write(chunk.subarray(at));
+    },
+    closeWrite: () => c.closeWrite(),
+    async read() {
+      const n = await c.read(buf);
+      return n === null ? null : buf.subarray(0, n);
+    },
+    close: () => c.close(),
+  }, mib);
+}
+
+/**
+ * {@linkcode bulk} over a stream already open: the timing and the check
+ * that every client runs, over TCP or over vsock (`bench/_guest.ts`).
+ */
+export async function bulkOver(c: BulkStream, mib: number): Promise<number> {
   const chunk = new Uint8Array(64 * 1024).fill(0x5a);
   const t0 = performance.now();
-  for (let i = 0; i < mib * 16; i++) {
-    let at = 0;
-    while (at < chunk.length) at += await c.write(chunk.subarray(at));
-  }
+  for (let i = 0; i < mib * 16; i++) await c.writeAll(chunk);
   await c.closeWrite();
-  const buf = new Uint8Array(32);
   let text = "";
   for (;;) {
-    const n = await c.read(buf);
-    if (n === null) break;
-    text += new TextDecoder().decode(buf.subarray(0, n));
+    const got = await c.read();
+    if (got === null) break;
+    text += new TextDecoder().decode(got);
   }
   const ms = performance.now() - t0;
   c.close();

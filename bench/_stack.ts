@@ -64,6 +64,8 @@ export interface StackOptions {
   exposes?: Array<{ port: number; tcpPort: number }>;
   /** The guest's forwards: a local listener each -> host vsock port. */
   forwards?: Array<{ port: number }>;
+  /** Vsock ports the agent process answers with a sink of its own. */
+  sinks?: number[];
   mergeable?: boolean;
   rxBufferSize?: number;
   queueSize?: number;
@@ -78,18 +80,52 @@ export class Stack {
   readonly guest: Child;
   /** The guest's forward listener ports, in option order. */
   readonly forwardPorts: number[];
+  /** The agent process's control port (bench/_guest.ts). */
+  readonly controlPort: number;
   #dir: string;
 
   private constructor(
     sidecar: Child,
     guest: Child,
     forwardPorts: number[],
+    controlPort: number,
     dir: string,
   ) {
     this.sidecar = sidecar;
     this.guest = guest;
     this.forwardPorts = forwardPorts;
+    this.controlPort = controlPort;
     this.#dir = dir;
+  }
+
+  /**
+   * Runs the bulk client in the agent process, over vsock to host port
+   * `port` or over TCP loopback to `port`; returns its MiB/s.
+   */
+  async guestBulk(
+    over: "vsock" | "tcp",
+    port: number,
+    mib: number,
+  ): Promise<number> {
+    const c = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: this.controlPort,
+    });
+    let text = "";
+    try {
+      await c.write(new TextEncoder().encode(`bulk ${over} ${port} ${mib}\n`));
+      const buf = new Uint8Array(256);
+      for (;;) {
+        const n = await c.read(buf);
+        if (n === null) break;
+        text += new TextDecoder().decode(buf.subarray(0, n));
+      }
+    } finally {
+      c.close();
+    }
+    const [status, ...rest] = text.trim().split(" ");
+    if (status !== "ok") throw new Error(`guest bulk: ${text.trim()}`);
+    return Number(rest[0]);
   }
 
   static async start(o: StackOptions): Promise<Stack> {
@@ -128,6 +164,7 @@ export class Stack {
           ...(o.doorbell ? { ivshmemSocket: socket } : { region }),
           exposes: o.exposes ?? [],
           forwards: o.forwards ?? [],
+          sinks: o.sinks ?? [],
           mergeable: o.mergeable ?? true,
           rxBufferSize: o.rxBufferSize ?? 4096,
           queueSize: o.queueSize ?? 256,
@@ -141,10 +178,12 @@ export class Stack {
           await guest.stop("SIGKILL");
           throw err;
         });
-      const forwards = line.split(" ").slice(1).map((kv) =>
-        Number(kv.split("=")[1])
+      const pairs = line.split(" ").slice(1).map((kv) => kv.split("="));
+      const forwards = pairs.filter(([k]) => k === "forward").map(([, v]) =>
+        Number(v)
       );
-      return new Stack(sidecar, guest, forwards, dir);
+      const control = Number(pairs.find(([k]) => k === "control")?.[1]);
+      return new Stack(sidecar, guest, forwards, control, dir);
     } catch (err) {
       await sidecar.stop("SIGKILL");
       await Deno.remove(dir, { recursive: true }).catch(() => {});

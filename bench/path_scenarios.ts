@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Scenario } from "./_harness.ts";
+import type { Baseline, Scenario } from "./_harness.ts";
 import { bulk, connectRate, openIdle, pingPong, quantile } from "./_clients.ts";
 import { freePort, rssKiB, Servers, SocatChain, Stack } from "./_stack.ts";
 
@@ -37,83 +37,121 @@ function variantName(v: Variant): string {
   } KiB rx buffers`;
 }
 
-/** Bulk throughput both ways, for each rx buffer variant. */
+/**
+ * Where the guest's end of a bulk transfer runs: a client or sink process
+ * reaching the agent over TCP loopback (the whole path, as a guest service
+ * or client behind the agent's exposes and forwards), or the agent process
+ * itself (bench/_guest.ts), as an application speaking vsock in the guest
+ * would, with no TCP leg inside the guest.
+ */
+type GuestEnd = "tcp" | "agent";
+
+function bulkName(direction: string, end: GuestEnd, v: Variant): string {
+  const where = end === "tcp"
+    ? ""
+    : direction === "guest to host"
+    ? " source in the agent process,"
+    : " sink in the agent process,";
+  return `bulk ${direction},${where} ${variantName(v)}, 64 KiB writes`;
+}
+
+/** Bulk throughput both ways, for each guest end and rx buffer variant. */
 export function throughputScenarios(): Scenario[] {
   const out: Scenario[] = [];
-  for (const direction of ["guest to host", "host to guest"] as const) {
-    for (const v of VARIANTS) {
-      let servers: Servers;
-      let stack: Stack;
-      let socat: SocatChain;
-      let native: SocatChain;
-      let entry = 0;
-      out.push({
-        name: `bulk ${direction}, ${variantName(v)}, 64 KiB writes`,
-        unit: "MiB/s",
-        rounds: 3,
-        async setup() {
-          servers = await Servers.start(["sink"]);
-          const sink = servers.ports.sink!;
-          const routePort = freePort();
-          stack = await Stack.start({
-            routes: direction === "guest to host"
-              ? [{
-                name: "up",
-                from: { type: "vsock", port: 6000 },
-                to: { type: "tcp", host: "127.0.0.1", port: sink },
-              }]
-              : [{
-                name: "down",
-                from: { type: "tcp", port: routePort },
-                to: { type: "vsock", port: 9 },
-              }],
-            forwards: direction === "guest to host" ? [{ port: 6000 }] : [],
-            exposes: direction === "host to guest"
-              ? [{ port: 9, tcpPort: sink }]
-              : [],
-            mergeable: v.mergeable,
-            rxBufferSize: v.rxBufferSize,
-          });
-          entry = direction === "guest to host"
-            ? stack.forwardPorts[0]!
-            : routePort;
-          socat = await SocatChain.start(sink);
-          native = await SocatChain.start(sink, {
-            via: "unix",
-            blockSize: NATIVE_BLOCK,
-          });
-        },
-        async teardown() {
-          await native?.stop();
-          await socat?.stop();
-          await stack?.stop();
-          await servers?.stop();
-        },
-        subject: () => bulk(entry, BULK_MIB),
-        baselines: [
-          {
-            name: "direct TCP loopback",
-            run: () => bulk(servers.ports.sink!, BULK_MIB),
-            target: { text: ">= 0.5x direct TCP", met: (x, b) => x >= 0.5 * b },
-          },
-          {
-            name: "two chained socat relays",
-            run: () => bulk(socat.port, BULK_MIB),
-            target: { text: ">= 1.0x chained socat", met: (x, b) => x >= b },
-          },
-          {
-            // No target: the same shape as ivsock's path (a TCP leg in, a
-            // second process over a local channel, a TCP leg out) with
-            // native relays and no ring, which bounds any relay of this
-            // shape on the machine (docs/performance.md).
-            name: "socat TCP-UNIX-TCP relay pair, 256 KiB blocks",
-            run: () => bulk(native.port, BULK_MIB),
-          },
-        ],
-      });
+  for (const end of ["tcp", "agent"] as const) {
+    for (const direction of ["guest to host", "host to guest"] as const) {
+      for (const v of VARIANTS) out.push(bulkScenario(end, direction, v));
     }
   }
   return out;
+}
+
+function bulkScenario(
+  end: GuestEnd,
+  direction: "guest to host" | "host to guest",
+  v: Variant,
+): Scenario {
+  const up = direction === "guest to host";
+  let servers: Servers;
+  let stack: Stack;
+  let socat: SocatChain;
+  let native: SocatChain | null = null;
+  let entry = 0;
+  // The client: the benchmark process, or (guest to host from the agent
+  // process) the same client code run in the agent, for the baselines too.
+  const client = (port: number) =>
+    end === "agent" && up
+      ? stack.guestBulk("tcp", port, BULK_MIB)
+      : bulk(port, BULK_MIB);
+  const baselines: Baseline[] = [
+    {
+      name: "direct TCP loopback",
+      run: () => client(servers.ports.sink!),
+      target: { text: ">= 0.5x direct TCP", met: (x, b) => x >= 0.5 * b },
+    },
+    {
+      name: "two chained socat relays",
+      run: () => client(socat.port),
+      target: { text: ">= 1.0x chained socat", met: (x, b) => x >= b },
+    },
+  ];
+  if (end === "tcp") {
+    baselines.push({
+      // No target: the same shape as ivsock's path (a TCP leg in, a second
+      // process over a local channel, a TCP leg out) with native relays
+      // and no ring, which bounds any relay of this shape on the machine
+      // (docs/performance.md).
+      name: "socat TCP-UNIX-TCP relay pair, 256 KiB blocks",
+      run: () => bulk(native!.port, BULK_MIB),
+    });
+  }
+  return {
+    name: bulkName(direction, end, v),
+    unit: "MiB/s",
+    rounds: 3,
+    async setup() {
+      servers = await Servers.start(["sink"]);
+      const sink = servers.ports.sink!;
+      const routePort = freePort();
+      stack = await Stack.start({
+        routes: up
+          ? [{
+            name: "up",
+            from: { type: "vsock", port: 6000 },
+            to: { type: "tcp", host: "127.0.0.1", port: sink },
+          }]
+          : [{
+            name: "down",
+            from: { type: "tcp", port: routePort },
+            to: { type: "vsock", port: 9 },
+          }],
+        forwards: up && end === "tcp" ? [{ port: 6000 }] : [],
+        exposes: !up && end === "tcp" ? [{ port: 9, tcpPort: sink }] : [],
+        sinks: !up && end === "agent" ? [9] : [],
+        mergeable: v.mergeable,
+        rxBufferSize: v.rxBufferSize,
+      });
+      entry = up ? (end === "tcp" ? stack.forwardPorts[0]! : 0) : routePort;
+      socat = await SocatChain.start(sink);
+      if (end === "tcp") {
+        native = await SocatChain.start(sink, {
+          via: "unix",
+          blockSize: NATIVE_BLOCK,
+        });
+      }
+    },
+    async teardown() {
+      await native?.stop();
+      await socat?.stop();
+      await stack?.stop();
+      await servers?.stop();
+    },
+    subject: () =>
+      end === "agent" && up
+        ? stack.guestBulk("vsock", 6000, BULK_MIB)
+        : bulk(entry, BULK_MIB),
+    baselines,
+  };
 }
 
 /**
