@@ -33,6 +33,13 @@ export interface QueuePairOptions {
   descriptorBytes?: number;
   /** Bytes for receive buffers (default: enough for the whole queue, at most 4 MiB). */
   rxBytes?: number;
+  /**
+   * The region's memory: a `SharedArrayBuffer` (default, as `Region.alloc`
+   * gives), or a plain `ArrayBuffer`, the kind a mapped file is. V8 copies
+   * into and out of shared memory at about half the speed, so benchmarks
+   * use the plain kind.
+   */
+  memory?: "shared" | "plain";
 }
 
 /** Everything a test needs to drive both sides by hand. */
@@ -65,7 +72,9 @@ export function makeQueuePair(o: QueuePairOptions): QueuePair {
     Math.min(q * o.bufferSize, 4 * 1024 * 1024);
   let size = 4096;
   while (size < bufferStart + rxBytes + TX_SPACE) size *= 2;
-  const region = Region.alloc(size);
+  const region = o.memory === "plain"
+    ? new Region(new ArrayBuffer(size))
+    : Region.alloc(size);
   const deviceDrops: string[] = [];
   const driverErrors: string[] = [];
   const eventIdx = o.eventIdx ?? false;
