@@ -7,6 +7,7 @@
  */
 
 import { Child } from "../tests/_support/child.ts";
+import { exists } from "../tests/_support/exists.ts";
 
 const SERVE = new URL(
   Deno.env.get("IVSOCK_BENCH_SERVE") ?? "../mod.ts",
@@ -281,15 +282,6 @@ export class SocatChain {
       await p.status;
     }
     if (this.#dir !== null) await Deno.remove(this.#dir, { recursive: true });
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

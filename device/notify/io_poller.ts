@@ -116,8 +116,7 @@ export class IoPoller {
    * the old handler.
    */
   remove(fd: number): void {
-    if (!this.#entries.delete(fd)) return;
-    this.#again.delete(fd);
+    if (!this.#forget(fd)) return;
     libc().epoll_ctl(this.fd, EPOLL_CTL_DEL, fd, this.#one);
   }
 
@@ -129,9 +128,14 @@ export class IoPoller {
    * descriptor this process holds once: a duplicate would keep it watched.
    */
   closeWatched(fd: number): void {
-    this.#entries.delete(fd);
-    this.#again.delete(fd);
+    this.#forget(fd);
     libc().close(fd);
+  }
+
+  /** Drops `fd`'s handler; returns whether it was in the set. */
+  #forget(fd: number): boolean {
+    this.#again.delete(fd);
+    return this.#entries.delete(fd);
   }
 
   /**

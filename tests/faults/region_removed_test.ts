@@ -17,6 +17,7 @@ import { Sidecar } from "../../proxy/sidecar.ts";
 import { waitUntil, within } from "../_support/process_stack.ts";
 import { kinds, spec, startClient, waitMoved } from "./_traffic.ts";
 import { twoWayStack } from "./_two_way_stack.ts";
+import { exists } from "../_support/exists.ts";
 
 Deno.test({
   name:
@@ -124,12 +125,3 @@ Deno.test("a sidecar whose region path now holds another sidecar's file leaves t
     await Deno.remove(region).catch(() => {});
   }
 });
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}

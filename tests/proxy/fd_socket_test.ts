@@ -447,20 +447,26 @@ Deno.test("FdConn reads a server's greeting (a peer that speaks first), queued b
       await writeAll(peer, greeting);
       return peer;
     };
+    const readsGreeting = async (
+      conn: FdConn,
+      peer: Deno.TcpConn,
+      what: string,
+    ) => {
+      try {
+        assertEquals(
+          await within(readExactly(conn, greeting.length), WAIT_MS, what),
+          greeting,
+        );
+      } finally {
+        conn.close();
+        peer.close();
+      }
+    };
     // Queued after: connectTcp() watches the socket first (and, as for
     // every socket it connects, skips reading until an EPOLLIN edge).
     const accepted = greet();
     const conn = await connectTcp(io, "127.0.0.1", listener.addr.port, WAIT_MS);
-    const peer = await accepted;
-    try {
-      assertEquals(
-        await within(readExactly(conn, 11), WAIT_MS, "after"),
-        greeting,
-      );
-    } finally {
-      conn.close();
-      peer.close();
-    }
+    await readsGreeting(conn, await accepted, "after");
     // Queued before: a socket connected and greeted before it is watched
     // still reads, with no edge after it joined the set.
     const sa = inetSockaddr("127.0.0.1", listener.addr.port);
@@ -479,15 +485,7 @@ Deno.test("FdConn reads a server's greeting (a peer that speaks first), queued b
       hostname: "127.0.0.1",
       port: listener.addr.port,
     }, false);
-    try {
-      assertEquals(
-        await within(readExactly(late, 11), WAIT_MS, "before"),
-        greeting,
-      );
-    } finally {
-      late.close();
-      early.close();
-    }
+    await readsGreeting(late, early, "before");
   });
 });
 

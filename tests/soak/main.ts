@@ -48,6 +48,7 @@ import {
 import { type Kind, plan, type Planned } from "./_mix.ts";
 import { RssSampler, type RssSummary } from "./_rss.ts";
 import { SoakService } from "./_service.ts";
+import { exists } from "../_support/exists.ts";
 
 const HELP = `Usage: deno task soak [options]
 
@@ -555,15 +556,6 @@ function printTable(r: {
   console.log("-".repeat(width + 40));
   for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
   console.log("-".repeat(width + 40));
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function clock(ms: number): string {

@@ -1,18 +1,10 @@
 import { assert, assertEquals, assertThrows } from "../../../dev_deps.ts";
 import "../../_support/ffi.ts";
 import { mapFile, ShmError } from "../../../device/shm/shm_file.ts";
+import { exists } from "../../_support/exists.ts";
 
 function shmPath(name: string): string {
   return `/dev/shm/ivsock-test-${name}-${Deno.pid}`;
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 Deno.test("mapFile() creates a file whose two mappings share memory", () => {
