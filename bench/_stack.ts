@@ -200,6 +200,47 @@ export class Stack {
   }
 }
 
+/**
+ * A loopback server of `kind` (in its own process) that the guest exposes
+ * on vsock port `vsockPort`, reached from the host through a TCP route:
+ * `port` goes through ivsock, `direct` straight to the server.
+ */
+export class GuestServer {
+  private constructor(
+    readonly servers: Servers,
+    readonly stack: Stack,
+    readonly port: number,
+    readonly direct: number,
+  ) {}
+
+  static async start(
+    kind: "echo" | "hold",
+    vsockPort: number,
+    o: { doorbell?: boolean; maxConnections?: number } = {},
+  ): Promise<GuestServer> {
+    const servers = await Servers.start([kind]);
+    const port = freePort();
+    const stack = await Stack.start({
+      routes: [{
+        name: kind,
+        from: { type: "tcp", port },
+        to: { type: "vsock", port: vsockPort },
+        ...(o.maxConnections === undefined
+          ? {}
+          : { limits: { maxConnections: o.maxConnections } }),
+      }],
+      exposes: [{ port: vsockPort, tcpPort: servers.ports[kind]! }],
+      ...(o.doorbell === undefined ? {} : { doorbell: o.doorbell }),
+    });
+    return new GuestServer(servers, stack, port, servers.ports[kind]!);
+  }
+
+  async stop(): Promise<void> {
+    await this.stack.stop();
+    await this.servers.stop();
+  }
+}
+
 /** Resident memory of `pid` in KiB (VmRSS). */
 export function rssKiB(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);

@@ -9,7 +9,14 @@
 
 import type { Baseline, Scenario } from "./_harness.ts";
 import { bulk, connectRate, openIdle, pingPong, quantile } from "./_clients.ts";
-import { freePort, rssKiB, Servers, SocatChain, Stack } from "./_stack.ts";
+import {
+  freePort,
+  GuestServer,
+  rssKiB,
+  Servers,
+  SocatChain,
+  Stack,
+} from "./_stack.ts";
 
 const BULK_MIB = 256;
 
@@ -152,47 +159,6 @@ function bulkScenario(
         : bulk(entry, BULK_MIB),
     baselines,
   };
-}
-
-/**
- * A loopback server of `kind` (in its own process) that the guest exposes
- * on vsock port `vsockPort`, reached from the host through a TCP route:
- * `port` goes through ivsock, `direct` straight to the server.
- */
-class GuestServer {
-  private constructor(
-    readonly servers: Servers,
-    readonly stack: Stack,
-    readonly port: number,
-    readonly direct: number,
-  ) {}
-
-  static async start(
-    kind: "echo" | "hold",
-    vsockPort: number,
-    o: { doorbell?: boolean; maxConnections?: number } = {},
-  ): Promise<GuestServer> {
-    const servers = await Servers.start([kind]);
-    const port = freePort();
-    const stack = await Stack.start({
-      routes: [{
-        name: kind,
-        from: { type: "tcp", port },
-        to: { type: "vsock", port: vsockPort },
-        ...(o.maxConnections === undefined
-          ? {}
-          : { limits: { maxConnections: o.maxConnections } }),
-      }],
-      exposes: [{ port: vsockPort, tcpPort: servers.ports[kind]! }],
-      ...(o.doorbell === undefined ? {} : { doorbell: o.doorbell }),
-    });
-    return new GuestServer(servers, stack, port, servers.ports[kind]!);
-  }
-
-  async stop(): Promise<void> {
-    await this.stack.stop();
-    await this.servers.stop();
-  }
 }
 
 /** 64-byte ping-pong round trips, p50 and p99, polling and doorbell modes. */
