@@ -11,7 +11,8 @@
  * CPU comes from each thread's `/proc/<pid>/task/<tid>/schedstat`
  * (nanoseconds on the CPU), not from the 10 ms ticks of `/proc/<pid>/stat`,
  * which over a 5 s window move in steps of 0.2% of a core. Each round also
- * prints the sidecar's threads, so a change in the figure shows where.
+ * prints the sidecar's threads, so a change in the figure shows where. A
+ * kernel without schedstat (CONFIG_SCHED_INFO off) gets the ticks.
  *
  * @module
  */
@@ -19,6 +20,7 @@
 import type { Scenario } from "./_harness.ts";
 import { GuestServer } from "./_stack.ts";
 import { Child } from "../tests/_support/child.ts";
+import { exists } from "../tests/_support/exists.ts";
 
 const BASELINE = `data:text/javascript,${
   encodeURIComponent(
@@ -33,6 +35,10 @@ const WINDOW_MS = 5000;
  * short-poll phase after the last connection (device/notify/waker.ts).
  */
 const SETTLE_MS = 1000;
+/** Whether this kernel keeps per-thread schedstat. */
+const HAS_SCHEDSTAT = exists("/proc/self/schedstat");
+/** Linux's USER_HZ, the unit of /proc/<pid>/stat times, on every ABI. */
+const TICKS_PER_SECOND = 100;
 /** Longest wait for the baseline child to start. */
 const STEP_MS = 20_000;
 /** How long the baseline child gets to stop on SIGTERM before it is killed. */
@@ -86,9 +92,22 @@ async function echoOnce(port: number): Promise<void> {
   }
 }
 
-/** Nanoseconds on the CPU so far of each live thread of `pid`, by name. */
+/**
+ * Nanoseconds on the CPU so far of each live thread of `pid`, by name; or,
+ * without schedstat, of the whole process (every thread, live or exited)
+ * in 10 ms ticks, under the name "all threads".
+ */
 function threadTimes(pid: number): Map<string, number> {
   const out = new Map<string, number>();
+  if (!HAS_SCHEDSTAT) {
+    // utime and stime are fields 14 and 15 of proc(5). Split after the
+    // command name, which may contain spaces.
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(f[11]) + Number(f[12]);
+    out.set("all threads 0", (ticks / TICKS_PER_SECOND) * 1e9);
+    return out;
+  }
   for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
     const dir = `/proc/${pid}/task/${task.name}`;
     try {
