@@ -285,32 +285,50 @@ export class SocatChain {
   ): Promise<SocatChain> {
     const front = freePort();
     const block = o.blockSize === undefined ? [] : ["-b", String(o.blockSize)];
-    const spawn = (from: string, to: string) =>
-      new Deno.Command("socat", {
-        args: [...block, from, to],
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
+    const dir = o.via === "unix"
+      ? await Deno.makeTempDir({ prefix: "ivsock-bench-socat-" })
+      : null;
+    // Built as they start, so that a relay that fails to start does not
+    // leave the others running (or the socket's directory behind).
+    const chain = new SocatChain(front, [], dir);
+    const spawn = (from: string, to: string) => {
+      try {
+        chain.#procs.push(
+          new Deno.Command("socat", {
+            args: [...block, from, to],
+            stdout: "null",
+            stderr: "null",
+          }).spawn(),
+        );
+      } catch (err) {
+        if (err instanceof Deno.errors.NotFound) {
+          throw new Error(
+            "socat is not installed; the socat baselines need it (Debian: apt-get install socat)",
+          );
+        }
+        throw err;
+      }
+    };
     const listen = (port: number) =>
       `TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`;
-    if (o.via === "unix") {
-      const dir = await Deno.makeTempDir({ prefix: "ivsock-bench-socat-" });
-      const path = `${dir}/relay.sock`;
-      const procs = [
-        spawn(`UNIX-LISTEN:${path},fork`, `TCP:127.0.0.1:${target}`),
-      ];
-      await waitFor(() => exists(path));
-      procs.push(spawn(listen(front), `UNIX-CONNECT:${path}`));
-      await waitListening(front);
-      return new SocatChain(front, procs, dir);
+    try {
+      if (dir !== null) {
+        const path = `${dir}/relay.sock`;
+        spawn(`UNIX-LISTEN:${path},fork`, `TCP:127.0.0.1:${target}`);
+        await waitFor(() => exists(path));
+        spawn(listen(front), `UNIX-CONNECT:${path}`);
+        await waitListening(front);
+      } else {
+        const middle = freePort();
+        spawn(listen(middle), `TCP:127.0.0.1:${target}`);
+        spawn(listen(front), `TCP:127.0.0.1:${middle}`);
+        for (const port of [middle, front]) await waitListening(port);
+      }
+      return chain;
+    } catch (err) {
+      await chain.stop();
+      throw err;
     }
-    const middle = freePort();
-    const procs = [
-      spawn(listen(middle), `TCP:127.0.0.1:${target}`),
-      spawn(listen(front), `TCP:127.0.0.1:${middle}`),
-    ];
-    for (const port of [middle, front]) await waitListening(port);
-    return new SocatChain(front, procs, null);
   }
 
   async stop(): Promise<void> {
