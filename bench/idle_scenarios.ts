@@ -18,6 +18,7 @@
  */
 
 import type { Scenario } from "./_harness.ts";
+import { connectRate } from "./_clients.ts";
 import { GuestServer } from "./_stack.ts";
 import { Child } from "../tests/_support/child.ts";
 import { exists } from "../tests/_support/exists.ts";
@@ -55,7 +56,8 @@ export function idleScenarios(): Scenario[] {
       rounds: 3,
       async setup() {
         rig = await GuestServer.start("echo", 7, { doorbell });
-        await echoOnce(rig.port);
+        // One connection and a 1-byte echo: the agent is attached and serving.
+        await connectRate(rig.port, 1, 1);
       },
       teardown: () => rig?.stop(),
       async subject() {
@@ -78,18 +80,6 @@ export function idleScenarios(): Scenario[] {
       }],
     };
   });
-}
-
-/** One byte through the route and back: the agent is attached and serving. */
-async function echoOnce(port: number): Promise<void> {
-  const c = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    const b = new Uint8Array([1]);
-    await c.write(b);
-    if (await c.read(b) !== 1) throw new Error("idle rig: no echo");
-  } finally {
-    c.close();
-  }
 }
 
 /**
