@@ -786,7 +786,14 @@ export class VsockConnection {
   #closeWrite(): void {
     if (this.#writeClosed) return;
     this.#writeClosed = true;
-    if (this.#state === "established") this.#requestShutdown(SHUTDOWN_F.SEND);
+    // With nothing queued and input already over, this ends the connection:
+    // #maybeFinish sends one SHUTDOWN(both), or the RST a full peer shutdown
+    // gets. Asking for SHUTDOWN(SEND) first would put that out on its own
+    // (a write outside a turn goes into the ring at once), one packet more.
+    const ending = this.#writes.length === 0 && this.#inputDone();
+    if (this.#state === "established" && !ending) {
+      this.#requestShutdown(SHUTDOWN_F.SEND);
+    }
     this.#maybeFinish();
   }
 

@@ -89,8 +89,26 @@ export class ScriptedPeer {
   /** Lets the engine transmit; returns what it sent this time. */
   pump(): Sent[] {
     const before = this.sent.length;
-    this.engine.transmit(this.sink);
+    this.#pumping = true;
+    try {
+      this.engine.transmit(this.sink);
+    } finally {
+      this.#pumping = false;
+    }
     return this.sent.slice(before);
+  }
+  #pumping = false;
+
+  /**
+   * Transmits on every kick from outside a pump, as the runners do for a
+   * change made outside their turn: each request goes out on its own.
+   */
+  eager(): this {
+    this.engine.setKick(() => {
+      this.kicks++;
+      if (!this.#pumping) this.pump();
+    });
+    return this;
   }
 
   /** The ops of what `pump()` sent, as names. */

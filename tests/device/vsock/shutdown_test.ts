@@ -177,6 +177,59 @@ Deno.test("a half-closed connection closes itself once both directions are done"
   assertEquals((await conn.closed).reason, "closed");
 });
 
+Deno.test("a proxy done reading that then ends its writes sends one SHUTDOWN(both), even with each request sent at once", async () => {
+  const p = new ScriptedPeer().eager();
+  const conn = await p.open();
+  const before = p.sent.length;
+  p.deliver({ op: OP.SHUTDOWN, ...from, flags: SHUTDOWN_F.SEND });
+  assertEquals(await conn.read(), null); // the bridge sees EOF from the peer
+  conn.closeWrite(); // and then from its socket
+  assertEquals(
+    p.sent.slice(before).map((s) => [opName(s.h.op), s.h.flags]),
+    [["SHUTDOWN", SHUTDOWN_F.RCV | SHUTDOWN_F.SEND]],
+  );
+  p.deliver({ op: OP.RST, ...from });
+  assertEquals((await conn.closed).reason, "closed");
+});
+
+Deno.test("an orderly proxied close takes three packets: SHUTDOWN(SEND), the peer's SHUTDOWN(both), RST", async () => {
+  const p = new ScriptedPeer().eager();
+  const conn = await p.open();
+  const before = p.sent.length;
+  conn.closeWrite(); // our socket's EOF first: the peer may still send
+  p.deliver({
+    op: OP.SHUTDOWN,
+    ...from,
+    flags: SHUTDOWN_F.RCV | SHUTDOWN_F.SEND,
+  });
+  assertEquals(await conn.read(), null);
+  assertEquals(
+    p.sent.slice(before).map((s) => [opName(s.h.op), s.h.flags]),
+    [["SHUTDOWN", SHUTDOWN_F.SEND], ["RST", 0]],
+  );
+  assertEquals((await conn.closed).reason, "closed");
+});
+
+Deno.test("ending writes with data still queued sends it first, then one SHUTDOWN(both) once input is over", async () => {
+  const p = new ScriptedPeer().eager();
+  const conn = await p.open();
+  p.deliver({ op: OP.SHUTDOWN, ...from, flags: SHUTDOWN_F.SEND });
+  assertEquals(await conn.read(), null);
+  p.room = -1; // the ring is full: the write waits
+  const wrote = conn.write(new Uint8Array(10));
+  conn.closeWrite();
+  const before = p.sent.length;
+  p.room = 4096;
+  p.pump();
+  await wrote;
+  assertEquals(
+    p.sent.slice(before).map((s) => [opName(s.h.op), s.h.flags]),
+    [["RW", 0], ["SHUTDOWN", SHUTDOWN_F.RCV | SHUTDOWN_F.SEND]],
+  );
+  p.deliver({ op: OP.RST, ...from });
+  assertEquals((await conn.closed).reason, "closed");
+});
+
 Deno.test("reset() sends RST even though the connection is already closed locally", async () => {
   const p = new ScriptedPeer();
   const conn = await p.open();
