@@ -115,6 +115,52 @@ Deno.test("the host client's half-close reaches the guest service, and the reply
   }
 });
 
+Deno.test("an orderly close through a route takes three packets: a SHUTDOWN each way and an RST", async () => {
+  // An echo service that closes once the client has: the usual end of a
+  // request-reply connection.
+  const service = tcpServer(async (conn) => {
+    const buf = new Uint8Array(64);
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) return;
+      await writeAllConn(conn, buf.subarray(0, n));
+    }
+  });
+  const pair = await sidecarPair({
+    routes: [route("echo", 80)],
+    exposes: [{
+      port: 80,
+      target: { kind: "tcp", host: "127.0.0.1", port: service.port },
+    }],
+  });
+  try {
+    const stats = pair.sidecar.engine.stats;
+    for (let i = 0; i < 5; i++) {
+      const client = await Deno.connect({
+        hostname: "127.0.0.1",
+        port: routePort(pair, "echo"),
+      });
+      await writeAllConn(client, new Uint8Array([i]));
+      assertEquals(await client.read(new Uint8Array(1)), 1);
+      client.close();
+      await waitFor(() =>
+        pair.events.filter((e) => e.type === "close").length === i + 1
+      );
+      assertEquals(
+        pair.events.filter((e) => e.type === "close")[i]!.outcome,
+        "closed",
+      );
+    }
+    await waitFor(() => stats.packetsOut.RST === 5);
+    // Per connection: REQUEST, RESPONSE, one RW each way, then the close.
+    assertEquals(stats.packetsOut, { REQUEST: 5, RW: 5, SHUTDOWN: 5, RST: 5 });
+    assertEquals(stats.packetsIn, { RESPONSE: 5, RW: 5, SHUTDOWN: 5 });
+  } finally {
+    await pair.stop();
+    await service.close();
+  }
+});
+
 Deno.test("the guest service's half-close reaches the host client, which can still send", async () => {
   const service = tcpServer(async (conn) => {
     await writeAllConn(conn, new TextEncoder().encode("hello, then EOF"));
