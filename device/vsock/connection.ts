@@ -17,7 +17,8 @@
  * byte is out; the peer's SHUTDOWN(SEND) ends the readable after the bytes
  * received before it. When both directions are finished the connection
  * closes itself (SHUTDOWN both, then RST from the peer or our own after
- * {@linkcode CLOSE_TIMEOUT_MS}).
+ * {@linkcode CLOSE_TIMEOUT_MS}); if input was over first, closing the
+ * writable sends that one SHUTDOWN(both) instead of SHUTDOWN(SEND).
  *
  * Credit (virtio 1.3, 5.10.6.3): data is sent only within the peer's
  * advertised space; received data is held until the application reads it,
@@ -268,7 +269,10 @@ export class VsockConnection {
     return this.#write(chunk);
   }
 
-  /** Sends SHUTDOWN(SEND) after what is queued: the end of our data. */
+  /**
+   * Sends SHUTDOWN(SEND) after what is queued: the end of our data. With
+   * input already over, this closes the connection (one SHUTDOWN(both)).
+   */
   closeWrite(): void {
     this.#closeWrite();
   }

@@ -50,6 +50,7 @@ export class ScriptedPeer {
     },
   };
   #packet = new InboundPacket();
+  #pumping = false;
 
   constructor(options: EngineOptions = {}, seqpacket = true) {
     this.engine = new VsockEngine(options);
@@ -97,7 +98,6 @@ export class ScriptedPeer {
     }
     return this.sent.slice(before);
   }
-  #pumping = false;
 
   /**
    * Transmits on every kick from outside a pump, as the runners do for a
