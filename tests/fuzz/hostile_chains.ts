@@ -83,6 +83,15 @@ export class HostileChains {
     rxSpoiled: 0,
     byKind: {},
   };
+  /**
+   * Receive positions spoiled and not taken yet, on the queue object they
+   * were spoiled on. Each is spoiled once: spoils stack on the descriptor,
+   * and a later one can undo what the ledger was told of an earlier one (a
+   * buffer made 5 bytes long, then moved to 8 bytes before the region's
+   * end, fits there and is dropped only as too short, uncounted).
+   */
+  #rxPending = new Set<number>();
+  #rxQueue: DeviceQueue | null = null;
 
   /**
    * Adds one to four chains to the tx queue, most of them spoiled, with an
@@ -250,15 +259,18 @@ export class HostileChains {
     const waiting = (published - device.lastAvail) & 0xffff;
     if (waiting === 0 || waiting > layout.size) return [];
     const n = rng.int(1, Math.min(4, waiting));
+    this.#forgetTaken(device);
     const spoiled = new Set<number>();
     const chainDrops: number[] = [];
     for (let k = 0; k < n; k++) {
       const position = (device.lastAvail + rng.int(0, waiting - 1)) & 0xffff;
+      if (this.#rxPending.has(position)) continue;
       const head = region.getU16(
         layout.avail + AVAIL_RING + 2 * (position % layout.size),
       );
       if (spoiled.has(head)) continue;
       spoiled.add(head);
+      this.#rxPending.add(position);
       const at = layout.desc + head * DESC_SIZE;
       const kind = rng.int(0, 6);
       if (kind !== 5) chainDrops.push(position);
@@ -294,6 +306,20 @@ export class HostileChains {
     }
     this.stats.rxSpoiled += spoiled.size;
     return chainDrops;
+  }
+
+  /** Drops the pending positions the device has taken (or a new queue's). */
+  #forgetTaken(device: DeviceQueue): void {
+    if (device !== this.#rxQueue) {
+      this.#rxQueue = device;
+      this.#rxPending.clear();
+      return;
+    }
+    for (const p of this.#rxPending) {
+      if (((device.lastAvail - p - 1) & 0xffff) < 0x8000) {
+        this.#rxPending.delete(p);
+      }
+    }
   }
 }
 
