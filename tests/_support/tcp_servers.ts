@@ -65,6 +65,18 @@ export function tcpServer(
   };
 }
 
+/** A loopback TCP server that echoes every byte until EOF, then closes. */
+export function echoServer(): TestServer {
+  return tcpServer(async (conn) => {
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) return;
+      await writeAllConn(conn, buf.subarray(0, n));
+    }
+  });
+}
+
 /** Reads until EOF; returns the byte count and SHA-256 (hex). */
 export async function drainHash(
   conn: Deno.Conn,

@@ -13,7 +13,7 @@ import type { RouteInput } from "../../config/schema.ts";
 import { Sidecar } from "../../proxy/sidecar.ts";
 import type { Hono } from "../../deps.ts";
 import { type SidecarPair, sidecarPair } from "../_support/sidecar_pair.ts";
-import { tcpServer, type TestServer } from "../_support/tcp_servers.ts";
+import { echoServer, type TestServer } from "../_support/tcp_servers.ts";
 import { within } from "../_support/within.ts";
 
 /** The guest vsock port where the echo service is exposed. */
@@ -26,19 +26,6 @@ export function echoRoute(name: string, port = 0): RouteInput {
     from: { type: "tcp", port },
     to: { type: "vsock", port: ECHO_PORT },
   };
-}
-
-/** A loopback TCP server that echoes every byte until EOF. */
-export function echoServer(): TestServer {
-  return tcpServer(async (conn) => {
-    const buf = new Uint8Array(65536);
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) return;
-      let at = 0;
-      while (at < n) at += await conn.write(buf.subarray(at, n));
-    }
-  });
 }
 
 /** A sidecar and guest whose vsock port 80 echoes, with the admin app. */

@@ -47,10 +47,8 @@ export class DropLedger {
     const q = this.#queue;
     if (q === null) return null;
     const last = q.lastAvail;
-    // A position is taken once lastAvail has moved past it (free-running
-    // u16s; the actor only spoils positions less than a queue ahead).
     for (const p of this.#positions) {
-      if (((last - p - 1) & 0xffff) < 0x8000) {
+      if (taken(last, p)) {
         this.#taken++;
         this.#positions.delete(p);
       }
@@ -61,4 +59,13 @@ export class DropLedger {
     }
     return null;
   }
+}
+
+/**
+ * Whether ring position `position` is taken once the device's next one is
+ * `lastAvail`: it has moved past it (free-running u16s; the actor only
+ * spoils positions less than a queue ahead).
+ */
+export function taken(lastAvail: number, position: number): boolean {
+  return ((lastAvail - position - 1) & 0xffff) < 0x8000;
 }

@@ -44,6 +44,7 @@ import {
 } from "../../device/virtqueue/split_ring.ts";
 import { DESC_F } from "../../device/virtio.ts";
 import type { Prng } from "../_support/prng.ts";
+import { taken } from "./drop_ledger.ts";
 import { GUEST_CID } from "./fuzz_rig.ts";
 import { HOSTILE_PORT_FIRST } from "./hostile_packets.ts";
 import type { HostileTx } from "./hostile_tx.ts";
@@ -316,9 +317,7 @@ export class HostileChains {
       return;
     }
     for (const p of this.#rxPending) {
-      if (((device.lastAvail - p - 1) & 0xffff) < 0x8000) {
-        this.#rxPending.delete(p);
-      }
+      if (taken(device.lastAvail, p)) this.#rxPending.delete(p);
     }
   }
 }

@@ -10,6 +10,7 @@ import { Prng } from "../_support/prng.ts";
 import { routePort, sidecarPair } from "../_support/sidecar_pair.ts";
 import {
   drainHash,
+  echoServer,
   readToEnd,
   sha256,
   tcpServer,
@@ -116,16 +117,9 @@ Deno.test("the host client's half-close reaches the guest service, and the reply
 });
 
 Deno.test("an orderly close through a route takes three packets: a SHUTDOWN each way and an RST", async () => {
-  // An echo service that closes once the client has: the usual end of a
+  // An echo service closes once the client has: the usual end of a
   // request-reply connection.
-  const service = tcpServer(async (conn) => {
-    const buf = new Uint8Array(64);
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) return;
-      await writeAllConn(conn, buf.subarray(0, n));
-    }
-  });
+  const service = echoServer();
   const pair = await sidecarPair({
     routes: [route("echo", 80)],
     exposes: [{
@@ -298,14 +292,7 @@ Deno.test("a route at its connection limit rejects a new connection at once inst
 });
 
 Deno.test("a disabled route refuses new connections and keeps its live ones", async () => {
-  const service = tcpServer(async (conn) => {
-    const buf = new Uint8Array(16);
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) return;
-      await conn.write(buf.subarray(0, n));
-    }
-  });
+  const service = echoServer();
   const pair = await sidecarPair({
     routes: [route("web", 80)],
     exposes: [{

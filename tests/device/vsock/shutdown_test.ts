@@ -5,9 +5,18 @@
 import { assert, assertEquals, assertRejects } from "../../../dev_deps.ts";
 import { OP, SHUTDOWN_F } from "../../../device/packets/header.ts";
 import { VsockError } from "../../../device/vsock/errors.ts";
-import { opName, ScriptedPeer, tick } from "../../_support/scripted_peer.ts";
+import {
+  opName,
+  ScriptedPeer,
+  type Sent,
+  tick,
+} from "../../_support/scripted_peer.ts";
 
 const from = { srcPort: 5000, dstPort: 80 };
+
+/** What was sent, as [op name, flags] pairs. */
+const opsAndFlags = (sent: Sent[]) =>
+  sent.map((s) => [opName(s.h.op), s.h.flags]);
 
 Deno.test("closing the writable sends SHUTDOWN(SEND) after the queued data, and reading goes on", async () => {
   const p = new ScriptedPeer();
@@ -169,7 +178,7 @@ Deno.test("a half-closed connection closes itself once both directions are done"
   assertEquals((await reader.read()).done, true);
   await conn.writable.getWriter().close(); // we are done too
   const sent = p.pump();
-  assertEquals(sent.map((s) => [opName(s.h.op), s.h.flags]), [[
+  assertEquals(opsAndFlags(sent), [[
     "SHUTDOWN",
     SHUTDOWN_F.RCV | SHUTDOWN_F.SEND,
   ]]);
@@ -185,7 +194,7 @@ Deno.test("a proxy done reading that then ends its writes sends one SHUTDOWN(bot
   assertEquals(await conn.read(), null); // the bridge sees EOF from the peer
   conn.closeWrite(); // and then from its socket
   assertEquals(
-    p.sent.slice(before).map((s) => [opName(s.h.op), s.h.flags]),
+    opsAndFlags(p.sent.slice(before)),
     [["SHUTDOWN", SHUTDOWN_F.RCV | SHUTDOWN_F.SEND]],
   );
   p.deliver({ op: OP.RST, ...from });
@@ -204,7 +213,7 @@ Deno.test("an orderly proxied close takes three packets: SHUTDOWN(SEND), the pee
   });
   assertEquals(await conn.read(), null);
   assertEquals(
-    p.sent.slice(before).map((s) => [opName(s.h.op), s.h.flags]),
+    opsAndFlags(p.sent.slice(before)),
     [["SHUTDOWN", SHUTDOWN_F.SEND], ["RST", 0]],
   );
   assertEquals((await conn.closed).reason, "closed");
@@ -223,7 +232,7 @@ Deno.test("ending writes with data still queued sends it first, then one SHUTDOW
   p.pump();
   await wrote;
   assertEquals(
-    p.sent.slice(before).map((s) => [opName(s.h.op), s.h.flags]),
+    opsAndFlags(p.sent.slice(before)),
     [["RW", 0], ["SHUTDOWN", SHUTDOWN_F.RCV | SHUTDOWN_F.SEND]],
   );
   p.deliver({ op: OP.RST, ...from });
