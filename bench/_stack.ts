@@ -15,6 +15,7 @@ const SERVE = new URL(
 );
 const GUEST = new URL("./_guest.ts", import.meta.url);
 const SERVERS = new URL("./_servers.ts", import.meta.url);
+const BLOCKING_SERVER = new URL("./_blocking_servers.ts", import.meta.url);
 const START_MS = 30_000;
 
 /**
@@ -36,8 +37,18 @@ export class Servers {
     this.ports = ports;
   }
 
-  static async start(kinds: string[]): Promise<Servers> {
-    const child = new Child("servers", SERVERS, kinds);
+  /**
+   * `blocking`: one server of blocking system calls instead
+   * (`_blocking_servers.ts`), one connection at a time; `kinds` must then
+   * be a single echo or sink.
+   */
+  static async start(kinds: string[], blocking = false): Promise<Servers> {
+    if (blocking && kinds.length !== 1) {
+      throw new Error("a blocking server process serves one kind");
+    }
+    const child = blocking
+      ? new Child("blocking server", BLOCKING_SERVER, kinds)
+      : new Child("servers", SERVERS, kinds);
     const line = await child.waitFor((l) => l.startsWith("ready"), START_MS);
     const ports = Object.fromEntries(
       line.split(" ").slice(1).map((kv) => {
@@ -216,9 +227,9 @@ export class GuestServer {
   static async start(
     kind: "echo" | "hold",
     vsockPort: number,
-    o: { doorbell?: boolean; maxConnections?: number } = {},
+    o: { doorbell?: boolean; maxConnections?: number; blocking?: boolean } = {},
   ): Promise<GuestServer> {
-    const servers = await Servers.start([kind]);
+    const servers = await Servers.start([kind], o.blocking ?? false);
     const port = freePort();
     const stack = await Stack.start({
       routes: [{

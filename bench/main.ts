@@ -8,6 +8,7 @@
  */
 
 import { failures, report, runScenarios } from "./_harness.ts";
+import { blockingEndpointScenarios } from "./blocking_scenarios.ts";
 import { idleScenarios } from "./idle_scenarios.ts";
 import {
   connectionScenarios,
@@ -21,6 +22,7 @@ const results = await runScenarios([
   ...throughputScenarios(),
   ...latencyScenarios(),
   ...connectionScenarios(),
+  ...blockingEndpointScenarios(),
   ...memoryScenarios(),
   ...idleScenarios(),
   ...ringScenarios(),
