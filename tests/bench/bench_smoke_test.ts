@@ -20,13 +20,36 @@ import { freePort, GuestServer, Servers, Stack } from "../../bench/_stack.ts";
 Deno.test("the bench harness reports medians, ratios and targets, and a failing scenario without losing the others", async () => {
   const rounds = [5, 1, 3];
   let round = 0;
+  // What the harness prints is checked, not shown: a "FAILED" line in the
+  // suite's output would read as a failing test.
+  const printed: string[] = [];
+  const { log, error } = console;
+  console.log = console.error = (...args: unknown[]) => {
+    printed.push(args.join(" "));
+  };
+  const path = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    await checkHarness(path, () => rounds[round++]!, printed);
+  } finally {
+    console.log = log;
+    console.error = error;
+    failures.length = 0;
+    await Deno.remove(path);
+  }
+});
+
+async function checkHarness(
+  path: string,
+  subject: () => number,
+  printed: string[],
+): Promise<void> {
   const results = await runScenarios([
     {
       name: "works",
       unit: "u",
       rounds: 3,
       warmUp: false,
-      subject: () => rounds[round++]!,
+      subject,
       baselines: [{
         name: "base",
         run: () => 2,
@@ -44,27 +67,24 @@ Deno.test("the bench harness reports medians, ratios and targets, and a failing 
       baselines: [{ name: "base", run: () => 1 }],
     },
   ]);
-  const path = await Deno.makeTempFile({ suffix: ".json" });
-  try {
-    assertEquals(results, [{
-      name: "works",
-      unit: "u",
-      value: 3,
-      baseline: { name: "base", value: 2 },
-      ratio: 1.5,
-      target: { text: ">= 1x base", met: true },
-    }]);
-    assertEquals(failures, [{ name: "breaks", error: "no such path" }]);
-    await report(results, path);
-    const written = JSON.parse(await Deno.readTextFile(path));
-    assertEquals(written.scenarios, results);
-    assertEquals(written.failures, failures);
-    assert(written.machine.cpus > 0, "the machine is described");
-  } finally {
-    failures.length = 0;
-    await Deno.remove(path);
-  }
-});
+  assertEquals(results, [{
+    name: "works",
+    unit: "u",
+    value: 3,
+    baseline: { name: "base", value: 2 },
+    ratio: 1.5,
+    target: { text: ">= 1x base", met: true },
+  }]);
+  assertEquals(failures, [{ name: "breaks", error: "no such path" }]);
+  await report(results, path);
+  const written = JSON.parse(await Deno.readTextFile(path));
+  assertEquals(written.scenarios, results);
+  assertEquals(written.failures, failures);
+  assert(written.machine.cpus > 0, "the machine is described");
+  const row = printed.find((l) => l.startsWith("works"));
+  assert(row?.includes("1.5x") && row.includes("met: >= 1x base"), row);
+  assert(printed.includes("FAILED: breaks: no such path"), "failure printed");
+}
 
 Deno.test("the bench's Deno and blocking clients get their echoes through ivsock and directly", async () => {
   for (const blocking of [false, true]) {
