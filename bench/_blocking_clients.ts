@@ -92,8 +92,8 @@ function recvExactly(fd: number, into: Uint8Array): boolean {
 }
 
 /**
- * {@linkcode connectRate} one at a time: `count` connections, each sending
- * one byte and waiting for its echo. Returns connections per second.
+ * `connectRate` (`_clients.ts`) one at a time: `count` connections, each
+ * sending one byte and waiting for its echo. Returns connections per second.
  */
 export function blockingConnectRate(port: number, count: number): number {
   const b = new Uint8Array([1]);
@@ -111,7 +111,7 @@ export function blockingConnectRate(port: number, count: number): number {
   return count / ((performance.now() - t0) / 1000);
 }
 
-/** {@linkcode pingPong}: 64-byte round trips in microseconds, sorted. */
+/** `pingPong` (`_clients.ts`): 64-byte round trips in us, sorted. */
 export function blockingPingPong(port: number, count: number): number[] {
   const fd = connect(loopback(port), port);
   const b = new Uint8Array(64);
@@ -132,7 +132,7 @@ export function blockingPingPong(port: number, count: number): number[] {
 }
 
 /**
- * {@linkcode bulk}: `mib` MiB in 64 KiB writes to a sink, half-close, and
+ * `bulk` (`_clients.ts`): `mib` MiB in 64 KiB writes to a sink, half-close, and
  * the sink's byte count back; returns MiB/s.
  */
 export function blockingBulk(port: number, mib: number): number {

@@ -1,5 +1,5 @@
 /**
- * Three of the path scenarios again with light endpoints: the client, the
+ * Four of the path scenarios again with light endpoints: the client, the
  * echo server and the sink as blocking system calls through FFI, one
  * connection at a time, instead of Deno's sockets and event loop. The
  * issue's targets stay on the scenarios in `path_scenarios.ts`, where they
