@@ -15,17 +15,16 @@ import {
   describeErrno,
   EAGAIN,
   errno,
+  IPPROTO_TCP,
   libc,
   MSG_NOSIGNAL,
+  SHUT_WR,
   SOCK_STREAM,
   SOL_SOCKET,
+  TCP_NODELAY,
 } from "../device/shm/_libc.ts";
-import { inetSockaddr } from "../proxy/socket_address.ts";
+import { AF_INET, inetSockaddr } from "../proxy/socket_address.ts";
 
-const AF_INET = 2;
-const IPPROTO_TCP = 6;
-const TCP_NODELAY = 1;
-const SHUT_WR = 1;
 const MIB = 1024 * 1024;
 
 const ONE = new Uint8Array(new Int32Array([1]).buffer);

@@ -13,15 +13,13 @@
 import {
   describeErrno,
   errno,
+  IPPROTO_TCP,
   libc,
   MSG_NOSIGNAL,
   SOCK_STREAM,
+  TCP_NODELAY,
 } from "../device/shm/_libc.ts";
-import { inetSockaddr } from "../proxy/socket_address.ts";
-
-const AF_INET = 2;
-const IPPROTO_TCP = 6;
-const TCP_NODELAY = 1;
+import { AF_INET, inetSockaddr } from "../proxy/socket_address.ts";
 
 const kind = Deno.args[0];
 if (kind !== "echo" && kind !== "sink") {

@@ -30,13 +30,16 @@ import {
 import {
   EAGAIN,
   errno,
+  IPPROTO_TCP,
   libc,
   MSG_NOSIGNAL,
+  SHUT_WR,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
   SOCK_STREAM,
   SOL_SOCKET,
   strerror,
+  TCP_NODELAY,
 } from "../device/shm/_libc.ts";
 import {
   decodeSockaddr,
@@ -53,11 +56,8 @@ import type { ByteSocket } from "./tcp_streams.ts";
 const EINTR = 4;
 const EINPROGRESS = 115;
 const ECONNABORTED = 103;
-const SHUT_WR = 1;
 const SO_REUSEADDR = 2;
 const SO_ERROR = 4;
-const IPPROTO_TCP = 6;
-const TCP_NODELAY = 1;
 const SOCKET_TYPE = SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC;
 
 /**
