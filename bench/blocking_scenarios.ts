@@ -18,6 +18,7 @@ import {
   blockingPingPong,
 } from "./_blocking_clients.ts";
 import { freePort, GuestServer, Servers, Stack } from "./_stack.ts";
+import { bulkPath } from "./path_scenarios.ts";
 
 const BULK_MIB = 256;
 const SUFFIX = "blocking FFI client and server";
@@ -46,19 +47,7 @@ function bulkScenario(direction: "host to guest" | "guest to host"): Scenario {
       sink = await Servers.start(["sink"], true);
       const routePort = freePort();
       stack = await Stack.start({
-        routes: up
-          ? [{
-            name: "up",
-            from: { type: "vsock", port: 6000 },
-            to: { type: "tcp", host: "127.0.0.1", port: sink.ports.sink! },
-          }]
-          : [{
-            name: "down",
-            from: { type: "tcp", port: routePort },
-            to: { type: "vsock", port: 9 },
-          }],
-        forwards: up ? [{ port: 6000 }] : [],
-        exposes: up ? [] : [{ port: 9, tcpPort: sink.ports.sink! }],
+        ...bulkPath(up, "tcp", sink.ports.sink!, routePort),
         mergeable: true,
         rxBufferSize: 64 * 1024,
       });

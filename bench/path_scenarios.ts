@@ -16,6 +16,7 @@ import {
   Servers,
   SocatChain,
   Stack,
+  type StackOptions,
 } from "./_stack.ts";
 
 const BULK_MIB = 256;
@@ -51,7 +52,7 @@ function variantName(v: Variant): string {
  * itself (bench/_guest.ts), as an application speaking vsock in the guest
  * would, with no TCP leg inside the guest.
  */
-type GuestEnd = "tcp" | "agent";
+export type GuestEnd = "tcp" | "agent";
 
 function bulkName(direction: string, end: GuestEnd, v: Variant): string {
   const where = end === "tcp"
@@ -60,6 +61,37 @@ function bulkName(direction: string, end: GuestEnd, v: Variant): string {
     ? " source in the agent process,"
     : " sink in the agent process,";
   return `bulk ${direction},${where} ${variantName(v)}, 64 KiB writes`;
+}
+
+/**
+ * The routes and guest settings of a bulk transfer to `sinkPort`: guest to
+ * host (`up`) through vsock port 6000 and a host route to the sink, or host
+ * to guest through a host listener on `routePort` and vsock port 9; the
+ * guest's end behind the agent's forward or expose (`tcp`) or in the agent
+ * process (`agent`).
+ */
+export function bulkPath(
+  up: boolean,
+  end: GuestEnd,
+  sinkPort: number,
+  routePort: number,
+): Pick<StackOptions, "routes" | "forwards" | "exposes" | "sinks"> {
+  return {
+    routes: up
+      ? [{
+        name: "up",
+        from: { type: "vsock", port: 6000 },
+        to: { type: "tcp", host: "127.0.0.1", port: sinkPort },
+      }]
+      : [{
+        name: "down",
+        from: { type: "tcp", port: routePort },
+        to: { type: "vsock", port: 9 },
+      }],
+    forwards: up && end === "tcp" ? [{ port: 6000 }] : [],
+    exposes: !up && end === "tcp" ? [{ port: 9, tcpPort: sinkPort }] : [],
+    sinks: !up && end === "agent" ? [9] : [],
+  };
 }
 
 /** Bulk throughput both ways, for each guest end and rx buffer variant. */
@@ -121,20 +153,7 @@ function bulkScenario(
       const sink = servers.ports.sink!;
       const routePort = freePort();
       stack = await Stack.start({
-        routes: up
-          ? [{
-            name: "up",
-            from: { type: "vsock", port: 6000 },
-            to: { type: "tcp", host: "127.0.0.1", port: sink },
-          }]
-          : [{
-            name: "down",
-            from: { type: "tcp", port: routePort },
-            to: { type: "vsock", port: 9 },
-          }],
-        forwards: up && end === "tcp" ? [{ port: 6000 }] : [],
-        exposes: !up && end === "tcp" ? [{ port: 9, tcpPort: sink }] : [],
-        sinks: !up && end === "agent" ? [9] : [],
+        ...bulkPath(up, end, sink, routePort),
         mergeable: v.mergeable,
         rxBufferSize: v.rxBufferSize,
       });
