@@ -31,9 +31,10 @@ export const SPIN_MS = 2;
 /**
  * Longest the loop goes without yielding to Deno's event loop while it
  * spins or works, so timers, the admin API and WebSocket traffic wait at
- * most this long. A yield costs about 4 us; yielding on every look made a
- * round trip 10-30% slower than every 0.1 ms (prototype), and every 0.5 ms
- * measured 2-3% better again than every 0.1 ms (interleaved runs,
+ * most this long. A yield alone costs 1-2 us (Deno 2.9); yielding on every
+ * look made a round trip 10-30% slower than every 0.1 ms (prototype), every
+ * 0.5 ms measured 2-3% better again than every 0.1 ms, and every 2 ms the
+ * same as 0.5 ms for connections one at a time (interleaved runs,
  * docs/performance.md).
  */
 export const EVENT_LOOP_EVERY_MS = 0.5;
@@ -112,7 +113,7 @@ export async function settle(): Promise<void> {
   for (let i = 0; i < SETTLE_TICKS; i++) await undefined;
 }
 
-/** Yields to the event loop cheaply (~4 us; `setTimeout(0)` costs ~2 ms). */
+/** Yields to the event loop cheaply (1-2 us; `setTimeout(0)` costs ~2 ms). */
 export function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
