@@ -46,7 +46,7 @@ import {
 } from "./constants.ts";
 import { peerFree, u32Diff } from "./credit.ts";
 import { VsockError, type VsockErrorCode } from "./errors.ts";
-import { ReceiveBuffer } from "./receive_buffer.ts";
+import { joinLimit, ReceiveBuffer } from "./receive_buffer.ts";
 import { VsockMessage } from "./vsock_message.ts";
 
 /** Where a connection stands. */
@@ -189,6 +189,7 @@ export class VsockConnection {
     this.stats = { bytesIn: 0, bytesOut: 0, createdAt: now, lastActivity: now };
     this.#recv = new ReceiveBuffer(init.type === TYPE.SEQPACKET);
     this.#bufAlloc = host.initialBufAlloc;
+    this.#recv.limit = joinLimit(this.#bufAlloc);
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
 
@@ -730,6 +731,7 @@ export class VsockConnection {
           this.#host.bufAlloc,
           this.#recv.bytes,
         );
+        this.#recv.limit = joinLimit(this.#bufAlloc);
       }
       this.#pending |= P_CREDIT_UPDATE;
       this.#schedule();

@@ -3,6 +3,7 @@
  */
 import { assert, assertEquals } from "../../../dev_deps.ts";
 import { OP } from "../../../device/packets/header.ts";
+import { growBufAlloc } from "../../../device/vsock/constants.ts";
 import { peerFree, u32Diff } from "../../../device/vsock/credit.ts";
 import type { VsockConnection } from "../../../device/vsock/connection.ts";
 import { opName, ScriptedPeer, tick } from "../../_support/scripted_peer.ts";
@@ -236,5 +237,57 @@ Deno.test("a connection whose reader falls behind keeps its starting window", as
   const [update] = p.pump().filter((s) => opName(s.h.op) === "CREDIT_UPDATE");
   assertEquals(update!.h.bufAlloc, start);
   assertEquals(conn.receiveWindow, start);
+  p.engine.close();
+});
+
+Deno.test("a read joins queued packets up to a quarter of the receive window", async () => {
+  const p = new ScriptedPeer({ bufAlloc: 1 << 20 });
+  const conn = await open(p, 65536);
+  const send = () =>
+    p.deliver(
+      { op: OP.RW, srcPort: 5000, dstPort: 5080 },
+      new Uint8Array(65536),
+    );
+  // At the starting window (256 KiB), four queued packets take four reads.
+  assertEquals(conn.receiveWindow, 256 << 10);
+  for (let i = 0; i < 4; i++) send();
+  const reads: number[] = [];
+  for (let i = 0; i < 4; i++) reads.push((await conn.read())!.length);
+  assertEquals(reads, [65536, 65536, 65536, 65536]);
+  // A reader that keeps up grows the window to 1 MiB ...
+  for (let i = 0; i < 64 && conn.receiveWindow < 1 << 20; i++) {
+    p.pump();
+    send();
+    await conn.read();
+  }
+  p.pump();
+  assertEquals(conn.receiveWindow, 1 << 20);
+  // ... and then takes four queued packets in one read.
+  for (let i = 0; i < 4; i++) send();
+  assertEquals((await conn.read())!.length, 4 * 65536);
+  assertEquals(conn.state, "established");
+  p.engine.close();
+});
+
+Deno.test("growBufAlloc() doubles the window while under half of it is unread, up to the most", () => {
+  const KiB = 1024;
+  assertEquals(growBufAlloc(256 * KiB, 4096 * KiB, 0), 512 * KiB);
+  assertEquals(growBufAlloc(256 * KiB, 4096 * KiB, 128 * KiB - 1), 512 * KiB);
+  assertEquals(growBufAlloc(256 * KiB, 4096 * KiB, 128 * KiB), 256 * KiB);
+  assertEquals(growBufAlloc(2048 * KiB, 3072 * KiB, 0), 3072 * KiB);
+  assertEquals(growBufAlloc(4096 * KiB, 4096 * KiB, 0), 4096 * KiB);
+});
+
+Deno.test("a reader that leaves under half the window unread after a read grows it", async () => {
+  const p = new ScriptedPeer({ bufAlloc: 1 << 20 });
+  const conn = await open(p, 65536);
+  // 160 KiB queued in a 256 KiB window; a read takes a quarter of the
+  // window and leaves 96 KiB.
+  for (const n of [65536, 65536, 32768]) {
+    p.deliver({ op: OP.RW, srcPort: 5000, dstPort: 5080 }, new Uint8Array(n));
+  }
+  assertEquals((await conn.read())!.length, 65536);
+  const [update] = p.pump().filter((s) => opName(s.h.op) === "CREDIT_UPDATE");
+  assertEquals(update!.h.bufAlloc, 512 << 10);
   p.engine.close();
 });

@@ -17,6 +17,7 @@ import {
   maxQueuedPackets,
 } from "../../../device/vsock/constants.ts";
 import {
+  joinLimit,
   MAX_READ,
   MIN_CHUNK,
   ReceiveBuffer,
@@ -214,7 +215,7 @@ Deno.test("ReceiveBuffer gives a payload that arrives with nothing unread a buff
 Deno.test("ReceiveBuffer hands queued STREAM packets over in reads of at most MAX_READ bytes, in order", () => {
   const b = new ReceiveBuffer(false);
   const PACKET = 4052; // a 4 KiB rx buffer's payload
-  const COUNT = 40;
+  const COUNT = 160;
   let next = 0;
   const source = {
     copyPayload(dest: Uint8Array, at = 0) {
@@ -223,8 +224,8 @@ Deno.test("ReceiveBuffer hands queued STREAM packets over in reads of at most MA
     },
   };
   for (let i = 0; i < COUNT; i++) b.push(PACKET, source, false, false);
-  // The room behind unread data grows with it: a few chunks, not 40.
-  assert(b.entries <= 8, `${b.entries} chunks for ${COUNT} packets`);
+  // The room behind unread data grows with it: a few chunks, not 160.
+  assert(b.entries <= 16, `${b.entries} chunks for ${COUNT} packets`);
   const reads: number[] = [];
   let at = 0;
   for (let c = b.shift(); c !== undefined; c = b.shift()) {
@@ -233,8 +234,36 @@ Deno.test("ReceiveBuffer hands queued STREAM packets over in reads of at most MA
   }
   assertEquals(at, COUNT * PACKET);
   assert(reads.every((n) => n <= MAX_READ), `reads of ${reads}`);
-  // 40 packets one by one would be 40 reads; 3 is the fewest that can hold
-  // them.
+  // 160 packets one by one would be 160 reads; 3 is the fewest that can
+  // hold them.
   assertEquals(reads.length, Math.ceil((COUNT * PACKET) / MAX_READ));
   assertEquals([b.bytes, b.entries], [0, 0]);
+});
+
+Deno.test("ReceiveBuffer joins no more than the limit a read gives it", () => {
+  const b = new ReceiveBuffer(false);
+  const PACKET = 4052;
+  const COUNT = 160;
+  const source = {
+    copyPayload(dest: Uint8Array, at = 0) {
+      dest.fill(1, at, at + PACKET);
+      return PACKET;
+    },
+  };
+  // 64 KiB, a starting window's quarter (joinLimit): no chunk and no read
+  // is larger.
+  b.limit = 65536;
+  for (let i = 0; i < COUNT; i++) b.push(PACKET, source, false, false);
+  const reads: number[] = [];
+  for (let c = b.shift(); c !== undefined; c = b.shift()) reads.push(c.length);
+  assert(reads.every((n) => n <= 65536), `reads of ${reads}`);
+  assertEquals(reads.reduce((a, n) => a + n, 0), COUNT * PACKET);
+  assert(reads.length >= Math.ceil((COUNT * PACKET) / 65536));
+});
+
+Deno.test("joinLimit() is a quarter of the window, from 4 KiB up to MAX_READ", () => {
+  assertEquals(joinLimit(4096), 4096);
+  assertEquals(joinLimit(256 << 10), 64 << 10);
+  assertEquals(joinLimit(1 << 20), MAX_READ);
+  assertEquals(joinLimit(16 << 20), MAX_READ);
 });
