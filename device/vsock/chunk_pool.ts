@@ -40,25 +40,30 @@ const MIN_POOLED = 32 * 1024;
  */
 const MAX_FREE_BYTES = 4 << 20;
 
+/** The free buffers of one size, and their bytes. */
+interface Shelf {
+  buffers: Set<ArrayBuffer>;
+  bytes: number;
+}
+
 const made = new WeakSet<ArrayBuffer>();
-const free = new Map<number, Set<ArrayBuffer>>(
-  SIZES.map((size) => [size, new Set()]),
+const shelves = new Map<number, Shelf>(
+  SIZES.map((size) => [size, { buffers: new Set(), bytes: 0 }]),
 );
-const freeBytesHeld = new Map<number, number>(SIZES.map((size) => [size, 0]));
 
 /** A buffer of `size` bytes, pooled when `size` is large enough. */
 export function allocChunk(size: number): Uint8Array {
   if (size < MIN_POOLED || size > POOLED_BYTES) return new Uint8Array(size);
   const pooled = SIZES.find((s) => s >= size)!;
-  const shelf = free.get(pooled)!;
+  const shelf = shelves.get(pooled)!;
   let buffer: ArrayBuffer | undefined;
-  for (buffer of shelf) break;
+  for (buffer of shelf.buffers) break;
   if (buffer === undefined) {
     buffer = new ArrayBuffer(pooled);
     made.add(buffer);
   } else {
-    shelf.delete(buffer);
-    freeBytesHeld.set(pooled, freeBytesHeld.get(pooled)! - pooled);
+    shelf.buffers.delete(buffer);
+    shelf.bytes -= pooled;
   }
   return new Uint8Array(buffer, 0, size);
 }
@@ -71,21 +76,20 @@ export function recycleChunk(chunk: Uint8Array): void {
   const buffer = chunk.buffer;
   if (!(buffer instanceof ArrayBuffer) || !made.has(buffer)) return;
   const size = buffer.byteLength;
-  const shelf = free.get(size)!;
-  const held = freeBytesHeld.get(size)!;
-  if (shelf.has(buffer) || held + size > MAX_FREE_BYTES) return;
-  shelf.add(buffer);
-  freeBytesHeld.set(size, held + size);
+  const shelf = shelves.get(size)!;
+  if (shelf.buffers.has(buffer) || shelf.bytes + size > MAX_FREE_BYTES) return;
+  shelf.buffers.add(buffer);
+  shelf.bytes += size;
 }
 
 /** Bytes of the buffers of `size` waiting for reuse (for tests). */
 export function freeBytes(size: number): number {
-  return freeBytesHeld.get(size) ?? 0;
+  return shelves.get(size)?.bytes ?? 0;
 }
 
 /** Buffers waiting for reuse (for tests). */
 export function freeChunks(): number {
   let n = 0;
-  for (const shelf of free.values()) n += shelf.size;
+  for (const shelf of shelves.values()) n += shelf.buffers.size;
   return n;
 }
