@@ -45,6 +45,16 @@ import {
 import { connectUnix } from "./_unix_socket.ts";
 import { cString, libc as sharedLibc, MSG_NOSIGNAL } from "../shm/_libc.ts";
 
+/**
+ * Longest a parked worker sleeps. The main thread notifies it when it starts
+ * to wait, and `watch()` and `close()` do too, so this is only a safety net.
+ * Parking for the idle interval instead (10 ms when polling) woke each
+ * worker 160-185 times a second during a ping-pong, for 0.8-1.2% of a core
+ * each; now 50-140 times (the loop's own sleeps, about 20 a second, each
+ * followed by the worker's short polls), for 0.5-0.6% (docs/performance.md).
+ */
+const PARKED_MS = 1000;
+
 self.onmessage = (e: MessageEvent<WakerInit>) => {
   self.onmessage = null;
   run(e.data);
@@ -220,7 +230,7 @@ function run(init: WakerInit): void {
         Atomics.load(ctl, CTL_WAITING) === 0 &&
         Atomics.load(ctl, CTL_STOP) === 0
       ) {
-        Atomics.wait(ctl, CTL_WAITING, 0, init.options.idleSleepMs);
+        Atomics.wait(ctl, CTL_WAITING, 0, PARKED_MS);
       }
       Atomics.store(ctl, CTL_PARKED, 0);
       // Compare with what the main thread saw when its last turn began,

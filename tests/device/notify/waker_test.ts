@@ -210,3 +210,37 @@ Deno.test("a readable io descriptor wakes a worker in its long sleep, and the wo
     await io.close();
   }
 });
+
+/** Voluntary context switches of this process's waker worker threads. */
+function workerSwitches(): number {
+  let n = 0;
+  for (const t of Deno.readDirSync("/proc/self/task")) {
+    const dir = `/proc/self/task/${t.name}`;
+    try {
+      if (!/^worker-\d+$/.test(Deno.readTextFileSync(`${dir}/comm`).trim())) {
+        continue;
+      }
+      const status = Deno.readTextFileSync(`${dir}/status`);
+      n += Number(/\nvoluntary_ctxt_switches:\s+(\d+)/.exec(status)?.[1]);
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return n;
+}
+
+Deno.test("a worker parked while the main thread is busy sleeps until it is needed, not once per idle interval", async () => {
+  // The ring loops' back-off: the worker polls every 10 ms when idle. While
+  // the main thread is busy (it never waits here) the worker parks, and only
+  // the main thread's next wait should wake it: parked for the idle
+  // interval, it woke about fifty times in these 500 ms.
+  await withWaker(async (waker) => {
+    await sleep(100); // the worker parks: nobody waits
+    const before = workerSwitches();
+    await sleep(500);
+    const woke = workerSwitches() - before;
+    assert(woke < 10, `the parked worker woke ${woke} times in 500 ms`);
+    // And it still reports a change at once when the main thread waits.
+    await changeSeen(waker, 9, 5_000);
+  }, { backoff: { spinMs: 0 } });
+});
