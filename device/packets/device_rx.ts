@@ -68,15 +68,44 @@ export class DeviceRx {
   }
 
   /**
-   * The largest payload the next packet can carry with the buffers posted
-   * now, at most {@linkcode MAX_PAYLOAD}; -1 when not even a header fits
-   * (wait for the driver to post buffers).
+   * The largest payload the next packet should carry with the buffers
+   * posted now, at most {@linkcode MAX_PAYLOAD}; -1 when not even a header
+   * fits (wait for the driver to post buffers).
+   *
+   * With mergeable buffers the packet ends where a buffer ends, unless that
+   * would halve it: a full 64 KiB payload behind its 46-byte header needs a
+   * second 64 KiB buffer for its last 46 bytes, so every packet took two
+   * buffers (and a queue of them held half as many packets), where 65,490
+   * bytes fill one. Host-to-guest transfer through the agent then cost it
+   * 140-160 ms of CPU per 256 MiB instead of 160-190 (docs/performance.md).
    */
   room(): number {
+    const max = this.#maxPayload();
+    if (max < 0 || !this.mergeable) return max;
+    const aligned = this.#boundaryPayload(max);
+    return aligned >= max / 2 ? aligned : max;
+  }
+
+  /** The largest payload the buffers posted now can hold, or -1. */
+  #maxPayload(): number {
     this.#fill();
     if (this.#held === 0) return -1;
     const bytes = this.mergeable ? this.#heldBytes : this.#bytes[0]!;
     return Math.min(bytes - this.headerLength, MAX_PAYLOAD);
+  }
+
+  /**
+   * The largest payload of at most `max` that, with the header, fills the
+   * first held buffers exactly (negative when even the first is too big).
+   */
+  #boundaryPayload(max: number): number {
+    let covered = 0;
+    for (let i = 0; i < this.#held; i++) {
+      const next = covered + this.#bytes[i]!;
+      if (next - this.headerLength > max) break;
+      covered = next;
+    }
+    return covered - this.headerLength;
   }
 
   /**
@@ -91,7 +120,7 @@ export class DeviceRx {
         `Cannot send a packet: payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`,
       );
     }
-    if (this.room() < payload.length) return false;
+    if (this.#maxPayload() < payload.length) return false;
     const total = this.headerLength + payload.length;
 
     // Which held chains the packet takes: the first k whose bytes cover it.

@@ -3,7 +3,12 @@
  * seed (num_buffers, all buffers but the last full, all returned together,
  * never a partial packet) and the single-buffer rules without the feature.
  */
-import { assert, assertEquals, assertMatch } from "../../../dev_deps.ts";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertThrows,
+} from "../../../dev_deps.ts";
 import { DESC_F, type RawQueue, rawQueue } from "../../_support/raw_ring.ts";
 import { DeviceRx } from "../../../device/packets/device_rx.ts";
 import {
@@ -126,12 +131,48 @@ Deno.test("device waits for more buffers rather than writing part of a packet", 
 Deno.test("device caps a merged packet at 64 KiB of payload however many buffers are posted", () => {
   const { q, rx } = rxQueue(64, true);
   post(q, Array(40).fill(4096));
-  assertEquals(rx.room(), MAX_PAYLOAD);
+  rx.room();
   assertEquals(
     rx.held,
     17,
     "only as many buffers as a full packet needs are held",
   );
+  assertThrows(() => rx.put(rwHeader(), pattern(MAX_PAYLOAD + 1)), RangeError);
+  assert(rx.put(rwHeader(), pattern(MAX_PAYLOAD)), "a full 64 KiB fits");
+  assertEquals(q.driver.usedIdx(), 17);
+});
+
+Deno.test("device ends a merged packet where a buffer ends: with 64 KiB buffers a full packet takes one, not two", () => {
+  const { q, rx } = rxQueue(8, true);
+  const offsets = post(q, [65536, 65536, 65536]);
+  // 64 KiB of payload behind the 46-byte header would need a second buffer
+  // for its last 46 bytes.
+  assertEquals(rx.room(), 65536 - MRG_HDR_LEN);
+  assert(rx.put(rwHeader(), pattern(rx.room())));
+  assertEquals(q.driver.usedIdx(), 1);
+  assertEquals(q.driver.used(0), { id: 0, len: 65536 });
+  const first = q.region.span(offsets[0]!, MRG_HDR_LEN);
+  const view = new DataView(first.buffer, first.byteOffset, MRG_HDR_LEN);
+  assertEquals(view.getUint16(44, true), 1, "num_buffers");
+  assertEquals(rx.room(), 65536 - MRG_HDR_LEN, "the next packet likewise");
+});
+
+Deno.test("device ends a merged packet where a buffer ends: with 4 KiB buffers a full packet takes sixteen, not seventeen", () => {
+  const { q, rx } = rxQueue(64, true);
+  post(q, Array(40).fill(4096));
+  assertEquals(rx.room(), 16 * 4096 - MRG_HDR_LEN);
+  assert(rx.put(rwHeader(), pattern(rx.room())));
+  assertEquals(q.driver.usedIdx(), 16);
+  assertEquals(q.driver.used(15), { id: 15, len: 4096 }, "the last one full");
+});
+
+Deno.test("device does not halve a merged packet to end it on a buffer boundary", () => {
+  const { q, rx } = rxQueue(8, true);
+  post(q, [30 * 1024, 100 * 1024]);
+  // Ending in the first buffer would leave 30,674 bytes of a possible 64 KiB.
+  assertEquals(rx.room(), MAX_PAYLOAD);
+  assert(rx.put(rwHeader(), pattern(MAX_PAYLOAD)));
+  assertEquals(q.driver.usedIdx(), 2);
 });
 
 Deno.test("device without mergeable buffers puts one packet per buffer and caps the payload by it", () => {
