@@ -577,36 +577,44 @@ async function connectTo(
   }
 }
 
+/**
+ * Scratch space for the socket-option and address calls below, which run
+ * for every connection: a new typed array costs over a microsecond here
+ * (chunk_pool.ts), and the calls are synchronous, so one set is enough.
+ */
+const scratchInt = new Int32Array(1);
+const scratchIntBytes = new Uint8Array(scratchInt.buffer);
+const scratchLen = new Uint32Array(1);
+const scratchLenBytes = new Uint8Array(scratchLen.buffer);
+const scratchAddr = new Uint8Array(SOCKADDR_MAX);
+
 function setIntOption(fd: number, level: number, name: number, v: number) {
-  const value = new Int32Array([v]);
-  libc().setsockopt(fd, level, name, new Uint8Array(value.buffer), 4);
+  scratchInt[0] = v;
+  libc().setsockopt(fd, level, name, scratchIntBytes, 4);
 }
 
 function getIntOption(fd: number, level: number, name: number): number {
-  const value = new Int32Array(1);
-  const len = new Uint32Array([4]);
+  scratchLen[0] = 4;
   const ok = libc().getsockopt(
     fd,
     level,
     name,
-    new Uint8Array(value.buffer),
-    new Uint8Array(len.buffer),
+    scratchIntBytes,
+    scratchLenBytes,
   );
-  return ok === 0 ? value[0]! : errno();
+  return ok === 0 ? scratchInt[0]! : errno();
 }
 
 function localAddress(fd: number): SocketAddress {
-  const buf = new Uint8Array(SOCKADDR_MAX);
-  const len = new Uint32Array([SOCKADDR_MAX]);
-  if (libc().getsockname(fd, buf, new Uint8Array(len.buffer)) !== 0) {
+  scratchLen[0] = SOCKADDR_MAX;
+  if (libc().getsockname(fd, scratchAddr, scratchLenBytes) !== 0) {
     throw osError(errno());
   }
-  return decodeSockaddr(buf, len[0]!);
+  return decodeSockaddr(scratchAddr, scratchLen[0]!);
 }
 
 /** Whether the socket has a peer (getpeername succeeds). */
 function isConnected(fd: number): boolean {
-  const buf = new Uint8Array(SOCKADDR_MAX);
-  const len = new Uint32Array([SOCKADDR_MAX]);
-  return libc().getpeername(fd, buf, new Uint8Array(len.buffer)) === 0;
+  scratchLen[0] = SOCKADDR_MAX;
+  return libc().getpeername(fd, scratchAddr, scratchLenBytes) === 0;
 }

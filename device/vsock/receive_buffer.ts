@@ -228,11 +228,12 @@ export class ReceiveBuffer {
       this.#chunks[last] = tail.subarray(0, this.#tailUsed);
     }
     // Spare room only behind unread data: a reader that keeps up gets each
-    // payload in a buffer of its own size, as before. Behind unread data the
-    // room grows with it (up to the limit), so a burst of 4 KiB packets fills
-    // a few large chunks rather than one allocation each (that was a tenth
-    // of the guest agent's time), while spare room never exceeds what is
-    // unread, plus MIN_CHUNK.
+    // payload in a chunk of its own size (from the pool: a buffer of at most
+    // twice that, or 64 bytes). Behind unread data the room grows with it
+    // (up to the limit), so a burst of 4 KiB packets fills a few large
+    // chunks rather than one allocation each (that was a tenth of the guest
+    // agent's time), while spare room never exceeds what is unread, plus
+    // MIN_CHUNK.
     const chunk = allocChunk(
       tail === undefined
         ? len
