@@ -360,6 +360,17 @@ export interface FdListenerOptions {
   onError?: (err: Error) => void;
 }
 
+/**
+ * Scratch space for the socket-option, address and accept calls, which run
+ * for every connection: a new typed array costs over a microsecond here
+ * (chunk_pool.ts), and the calls are synchronous, so one set is enough.
+ */
+const scratchInt = new Int32Array(1);
+const scratchIntBytes = new Uint8Array(scratchInt.buffer);
+const scratchLen = new Uint32Array(1);
+const scratchLenBytes = new Uint8Array(scratchLen.buffer);
+const scratchAddr = new Uint8Array(SOCKADDR_MAX);
+
 /** A listening TCP socket whose connections are accepted from the ring loop. */
 export class FdListener {
   /** Where it listens, with the real port when asked for port 0. */
@@ -369,8 +380,6 @@ export class FdListener {
   #options: FdListenerOptions;
   #closed = false;
   #retry: ReturnType<typeof setTimeout> | undefined;
-  #addrBuf = new Uint8Array(SOCKADDR_MAX);
-  #lenBuf = new Uint32Array(1);
 
   private constructor(
     fd: number,
@@ -433,11 +442,11 @@ export class FdListener {
   #acceptSome(): void {
     for (let i = 0; i < ACCEPT_BATCH; i++) {
       if (this.#closed) return;
-      this.#lenBuf[0] = SOCKADDR_MAX;
+      scratchLen[0] = SOCKADDR_MAX;
       const fd = libc().accept4_addr(
         this.#fd,
-        this.#addrBuf,
-        new Uint8Array(this.#lenBuf.buffer),
+        scratchAddr,
+        scratchLenBytes,
         SOCK_NONBLOCK | SOCK_CLOEXEC,
       );
       if (fd < 0) {
@@ -459,7 +468,7 @@ export class FdListener {
         conn = new FdConn(
           fd,
           this.#io,
-          decodeSockaddr(this.#addrBuf, this.#lenBuf[0]!),
+          decodeSockaddr(scratchAddr, scratchLen[0]!),
         );
       } catch (err) {
         this.#options.onError?.(err as Error);
@@ -576,17 +585,6 @@ async function connectTo(
     clearTimeout(timer);
   }
 }
-
-/**
- * Scratch space for the socket-option and address calls below, which run
- * for every connection: a new typed array costs over a microsecond here
- * (chunk_pool.ts), and the calls are synchronous, so one set is enough.
- */
-const scratchInt = new Int32Array(1);
-const scratchIntBytes = new Uint8Array(scratchInt.buffer);
-const scratchLen = new Uint32Array(1);
-const scratchLenBytes = new Uint8Array(scratchLen.buffer);
-const scratchAddr = new Uint8Array(SOCKADDR_MAX);
 
 function setIntOption(fd: number, level: number, name: number, v: number) {
   scratchInt[0] = v;
