@@ -29,6 +29,9 @@ import type {
 } from "./device_transport.ts";
 import { queueBits } from "./layout.ts";
 
+/** The device's default heartbeat period (see {@linkcode DeviceRunnerOptions}). */
+export const DEVICE_HEARTBEAT_MS = 250;
+
 /** What the device loop drives: the vsock engine, or a test's echo. */
 export interface DevicePort {
   /** The driver reached DRIVER_OK. */
@@ -48,7 +51,12 @@ export interface DevicePort {
 
 /** Device loop settings. */
 export interface DeviceRunnerOptions {
-  /** Heartbeat period. @default {100} */
+  /**
+   * Heartbeat period, and so the longest an idle loop sleeps. The driver
+   * gives up on a device after 3000 ms without a beat, so 250 ms leaves a
+   * wide margin while waking an idle sidecar less than half as often as
+   * 100 ms did (docs/performance.md, idle CPU). @default {250}
+   */
   heartbeatMs?: number;
   /** Packets taken from the tx queue per turn. @default {256} */
   batch?: number;
@@ -90,7 +98,7 @@ export class DeviceRunner {
   ) {
     this.transport = transport;
     this.#port = port;
-    this.#heartbeatMs = options.heartbeatMs ?? 100;
+    this.#heartbeatMs = options.heartbeatMs ?? DEVICE_HEARTBEAT_MS;
     this.#batch = options.batch ?? 256;
     this.#doorbells = options.doorbells ?? [];
     this.#ringDriver = options.ringDriver;
