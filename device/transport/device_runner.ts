@@ -54,8 +54,8 @@ export interface DeviceRunnerOptions {
   /**
    * Heartbeat period, and so the longest an idle loop sleeps. The driver
    * gives up on a device after 3000 ms without a beat, so 250 ms leaves a
-   * wide margin while waking an idle sidecar less than half as often as
-   * 100 ms did (docs/performance.md, idle CPU). @default {250}
+   * wide margin while waking an idle loop less than half as often as 100
+   * ms did (docs/performance.md, idle CPU). @default {250}
    */
   heartbeatMs?: number;
   /** Packets taken from the tx queue per turn. @default {256} */
