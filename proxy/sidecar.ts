@@ -19,10 +19,7 @@
 import type { LogFn } from "../device/log.ts";
 import { mapFile, type MappedFile } from "../device/shm/shm_file.ts";
 import { DeviceTransport } from "../device/transport/device_transport.ts";
-import {
-  DEVICE_HEARTBEAT_MS,
-  DeviceRunner,
-} from "../device/transport/device_runner.ts";
+import { DeviceRunner } from "../device/transport/device_runner.ts";
 import { H, NO_PEER } from "../device/transport/layout.ts";
 import { IvshmemServer } from "../device/notify/ivshmem_server.ts";
 import { IoPoller } from "../device/notify/io_poller.ts";
@@ -105,12 +102,6 @@ export class Sidecar {
       {
         log,
         io: this.#io,
-        // The idle loop checks the driver's heartbeat once per beat: keep a
-        // short driverTimeoutMs honoured to within a quarter of itself.
-        heartbeatMs: Math.min(
-          DEVICE_HEARTBEAT_MS,
-          config.device.driverTimeoutMs / 4,
-        ),
         ...(server === null ? {} : {
           doorbells: server.deviceVectors.map((e) => e.fd),
           ringDriver: (vector: number) => {

@@ -30,7 +30,7 @@ import type {
 import { queueBits } from "./layout.ts";
 
 /** The device's default heartbeat period (see {@linkcode DeviceRunnerOptions}). */
-export const DEVICE_HEARTBEAT_MS = 250;
+const DEVICE_HEARTBEAT_MS = 250;
 
 /** What the device loop drives: the vsock engine, or a test's echo. */
 export interface DevicePort {
@@ -55,7 +55,10 @@ export interface DeviceRunnerOptions {
    * Heartbeat period, and so the longest an idle loop sleeps. The driver
    * gives up on a device after 3000 ms without a beat, so 250 ms leaves a
    * wide margin while waking an idle loop less than half as often as 100
-   * ms did (docs/performance.md, idle CPU). @default {250}
+   * ms did (docs/performance.md, idle CPU). The idle loop checks the
+   * driver's heartbeat only when it beats, so a transport whose
+   * `driverTimeoutMs` is under 1000 ms gets a quarter of it instead.
+   * @default {250}
    */
   heartbeatMs?: number;
   /** Packets taken from the tx queue per turn. @default {256} */
@@ -98,7 +101,8 @@ export class DeviceRunner {
   ) {
     this.transport = transport;
     this.#port = port;
-    this.#heartbeatMs = options.heartbeatMs ?? DEVICE_HEARTBEAT_MS;
+    this.#heartbeatMs = options.heartbeatMs ??
+      Math.min(DEVICE_HEARTBEAT_MS, transport.driverTimeoutMs / 4);
     this.#batch = options.batch ?? 256;
     this.#doorbells = options.doorbells ?? [];
     this.#ringDriver = options.ringDriver;
