@@ -15,6 +15,8 @@ export class ByteRing {
   #starts: Uint32Array;
   #lens: Uint32Array;
   #released: Uint8Array;
+  /** Bytes skipped at the end of the ring before each allocation. */
+  #skipped: Uint32Array;
   #first = 0;
   #count = 0;
   /** Relative offset where the next allocation goes. */
@@ -33,6 +35,7 @@ export class ByteRing {
     this.#starts = new Uint32Array(maxAllocations);
     this.#lens = new Uint32Array(maxAllocations);
     this.#released = new Uint8Array(maxAllocations);
+    this.#skipped = new Uint32Array(maxAllocations);
   }
 
   /** Bytes currently allocated (including space skipped at the wrap). */
@@ -83,12 +86,58 @@ export class ByteRing {
     // The bytes skipped at the end belong to this allocation for accounting,
     // so they come back when it is released.
     this.#lens[slot] = length + skipped;
+    this.#skipped[slot] = skipped;
     this.#released[slot] = 0;
     this.#count++;
     this.#used += length + skipped;
     this.#head = at + length;
     if (this.#head === this.size) this.#head = 0;
     return { offset: this.start + at, ticket: slot };
+  }
+
+  /**
+   * Gives back the end of the newest allocation, keeping its first
+   * `length` bytes (at least one): for a packet whose payload came out
+   * shorter than the space taken for it.
+   *
+   * @throws {RangeError} if `ticket` is not the newest allocation or
+   * `length` is not in `[1, its length]`.
+   */
+  shrinkLast(ticket: number, length: number): void {
+    const slot = this.#newest(ticket);
+    const skipped = this.#skipped[slot]!;
+    const had = this.#lens[slot]! - skipped;
+    if (!Number.isInteger(length) || length < 1 || length > had) {
+      throw new RangeError(
+        `Cannot shrink an allocation of ${had} bytes to ${length}`,
+      );
+    }
+    this.#lens[slot] = length + skipped;
+    this.#used -= had - length;
+    this.#head = this.#starts[slot]! + length;
+  }
+
+  /**
+   * Takes back the newest allocation as if it had never been made: for
+   * space taken for a packet that got no bytes.
+   *
+   * @throws {RangeError} if `ticket` is not the newest allocation.
+   */
+  undoLast(ticket: number): void {
+    const slot = this.#newest(ticket);
+    const skipped = this.#skipped[slot]!;
+    this.#used -= this.#lens[slot]!;
+    this.#count--;
+    this.#head = skipped > 0 ? this.size - skipped : this.#starts[slot]!;
+    if (this.#count === 0) this.#head = this.#tail = 0;
+  }
+
+  #newest(ticket: number): number {
+    const slot = (this.#first + this.#count - 1) % this.#starts.length;
+    if (this.#count === 0 || ticket !== slot || this.#released[slot] === 1) {
+      throw new RangeError(`Ticket ${ticket} is not the newest allocation`);
+    }
+    return slot;
   }
 
   /** Releases an allocation; space returns once all older ones are released. */

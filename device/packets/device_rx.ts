@@ -20,6 +20,12 @@
 import type { DeviceQueue } from "../virtqueue/device_queue.ts";
 import { ScatterCursor, SegmentList } from "../virtqueue/segments.ts";
 import {
+  type ByteSource,
+  checkedFill,
+  FILL_BYTES,
+  FILL_PACKETS,
+} from "./byte_source.ts";
+import {
   encodeHeader,
   HDR_LEN,
   HeaderScratch,
@@ -47,6 +53,12 @@ export class DeviceRx {
   #hdr = new HeaderScratch();
   #cursor = new ScatterCursor();
   #popScratch = new SegmentList();
+  /** The payload ranges of the packets one {@linkcode sendFrom} plans. */
+  #dest = new SegmentList();
+  #planChain = new Uint32Array(FILL_PACKETS);
+  #planPayload = new Uint32Array(FILL_PACKETS);
+  /** Packets the last {@linkcode sendFrom} wrote. */
+  filledPackets = 0;
 
   constructor(
     queue: DeviceQueue,
@@ -97,11 +109,12 @@ export class DeviceRx {
 
   /**
    * The largest payload of at most `max` that, with the header, fills the
-   * first held buffers exactly (negative when even the first is too big).
+   * held buffers from chain `from` on exactly (negative when even the
+   * first is too big).
    */
-  #boundaryPayload(max: number): number {
+  #boundaryPayload(max: number, from = 0): number {
     let covered = 0;
-    for (let i = 0; i < this.#held; i++) {
+    for (let i = from; i < this.#held; i++) {
       const next = covered + this.#bytes[i]!;
       if (next - this.headerLength > max) break;
       covered = next;
@@ -156,13 +169,138 @@ export class DeviceRx {
     return true;
   }
 
-  /** Pops chains until the held ones can carry a full-size packet. */
-  #fill(): void {
-    const need = this.headerLength + MAX_PAYLOAD;
+  /**
+   * Sends up to `max` payload bytes read straight from `source` into the
+   * posted buffers, as consecutive packets (each shaped as {@linkcode room}
+   * would shape it), up to {@linkcode FILL_BYTES} and
+   * {@linkcode FILL_PACKETS} at a time. `header` is every packet's header
+   * but for `len` (and `num_buffers`). Returns the payload bytes sent
+   * (setting {@linkcode filledPackets}), 0 when the buffers or the source
+   * had nothing, or -1 at the source's end of input (nothing sent).
+   *
+   * @throws whatever the source throws; nothing is sent then.
+   */
+  sendFrom(header: PacketHeader, max: number, source: ByteSource): number {
+    this.filledPackets = 0;
+    const count = this.#plan(Math.min(max, FILL_BYTES));
+    if (count === 0) return 0;
+    const dest = this.#dest;
+    const n = checkedFill(source.fill(this.queue.region, dest), dest.bytes);
+    if (n === null) return -1;
+    if (n === 0) return 0;
+
+    // Packets in plan order, each taking what it planned until n runs out;
+    // a short read leaves the chains after the last packet's bytes held.
+    const region = this.queue.region;
+    const cursor = this.#cursor;
+    let at = 0;
+    let chains = 0;
+    let packets = 0;
+    for (let j = 0; j < count && at < n; j++) {
+      const len = Math.min(this.#planPayload[j]!, n - at);
+      const first = this.#planChain[j]!;
+      const total = this.headerLength + len;
+      let k = 0;
+      let covered = 0;
+      while (covered < total) covered += this.#bytes[first + k++]!;
+      header.len = len;
+      encodeHeader(this.#hdr.view, 0, header);
+      if (this.mergeable) {
+        this.#hdr.view.setUint16(NUM_BUFFERS_OFFSET, k, true);
+      }
+      cursor.reset(this.#segments, this.#segStart(first));
+      cursor.write(
+        region,
+        this.#hdr.sized(this.headerLength),
+        this.#segEnd[first + k - 1]!,
+      );
+      let remaining = total;
+      for (let i = first; i < first + k; i++) {
+        const used = Math.min(this.#bytes[i]!, remaining);
+        this.queue.push(this.#heads[i]!, used);
+        remaining -= used;
+      }
+      at += len;
+      chains = first + k;
+      packets++;
+    }
+    this.queue.publish();
+    this.#consume(chains, this.#segEnd[chains - 1]!);
+    this.filledPackets = packets;
+    return n;
+  }
+
+  /**
+   * Plans packets for up to `max` payload bytes over the held chains:
+   * fills #planChain, #planPayload and #dest (their payload ranges, the
+   * headers' bytes skipped). Returns how many packets.
+   */
+  #plan(max: number): number {
+    this.#fill(true);
+    const dest = this.#dest;
+    dest.clear();
+    let chain = 0;
+    let left = max;
+    let count = 0;
+    while (count < FILL_PACKETS && left > 0 && chain < this.#held) {
+      let p = Math.min(this.#capacityFrom(chain), left, MAX_PAYLOAD);
+      if (p <= 0) break;
+      if (this.mergeable) {
+        const aligned = this.#boundaryPayload(p, chain);
+        if (aligned >= p / 2) p = aligned;
+      }
+      this.#planChain[count] = chain;
+      this.#planPayload[count] = p;
+      count++;
+      left -= p;
+      // The payload's ranges: the chains' segments after the header.
+      const total = this.headerLength + p;
+      let skip = this.headerLength;
+      let want = p;
+      const s = this.#segments;
+      let covered = 0;
+      for (let i = this.#segStart(chain); want > 0; i++) {
+        const len = s.lengths[i]!;
+        if (skip >= len) {
+          skip -= len;
+          continue;
+        }
+        const take = Math.min(len - skip, want);
+        dest.push(s.offsets[i]! + skip, take);
+        want -= take;
+        skip = 0;
+      }
+      while (covered < total) covered += this.#bytes[chain++]!;
+    }
+    return count;
+  }
+
+  /** The payload the held chains from `chain` on can carry, or less than 1. */
+  #capacityFrom(chain: number): number {
+    if (!this.mergeable) return this.#bytes[chain]! - this.headerLength;
+    let bytes = 0;
+    for (let i = chain; i < this.#held; i++) bytes += this.#bytes[i]!;
+    return bytes - this.headerLength;
+  }
+
+  /** Index into #segments of held chain `chain`'s first segment. */
+  #segStart(chain: number): number {
+    return chain === 0 ? 0 : this.#segEnd[chain - 1]!;
+  }
+
+  /**
+   * Pops chains until the held ones can carry a full-size packet, or with
+   * `many`, a full {@linkcode sendFrom}.
+   */
+  #fill(many = false): void {
+    const need = many
+      ? FILL_BYTES + FILL_PACKETS * this.headerLength
+      : this.headerLength + MAX_PAYLOAD;
+    const most = many ? FILL_PACKETS : 1;
     const q = this.queue;
     while (
       this.#held < this.#heads.length &&
-      (this.mergeable ? this.#heldBytes < need : this.#held === 0)
+      (this.mergeable ? this.#heldBytes < need : this.#held < most)
     ) {
       const scratch = this.#popScratch;
       scratch.clear();

@@ -8,6 +8,13 @@
 import type { DriverQueue } from "../virtqueue/driver_queue.ts";
 import type { ByteRing } from "./byte_ring.ts";
 import {
+  type ByteSource,
+  checkedFill,
+  FILL_BYTES,
+  FILL_PACKETS,
+} from "./byte_source.ts";
+import { SegmentList } from "../virtqueue/segments.ts";
+import {
   encodeHeader,
   HDR_LEN,
   HeaderScratch,
@@ -35,6 +42,12 @@ export class DriverTx {
   #hdr = new HeaderScratch();
   #offsets = [0, 0];
   #lengths = [0, 0];
+  /** The payload ranges of the packets one {@linkcode sendFrom} plans. */
+  #dest = new SegmentList();
+  #planOffset = new Uint32Array(FILL_PACKETS);
+  #planTicket = new Int32Array(FILL_PACKETS);
+  /** Packets the last {@linkcode sendFrom} wrote. */
+  filledPackets = 0;
 
   constructor(
     queue: DriverQueue,
@@ -74,22 +87,105 @@ export class DriverTx {
     const region = this.queue.region;
     region.write(a.offset, this.#hdr.plain);
     region.write(a.offset + HDR_LEN, payload);
-    if (descriptors === 2) {
-      this.#offsets[0] = a.offset;
+    this.#post(a.offset, payload.length, descriptors, a.ticket);
+    return true;
+  }
+
+  /**
+   * Sends up to `max` payload bytes read straight from `source` into
+   * transmit space, as consecutive packets of up to
+   * {@linkcode MAX_PAYLOAD} (at most {@linkcode FILL_BYTES} and
+   * {@linkcode FILL_PACKETS} at a time), added to the queue (call
+   * `queue.publish()`). `header` is every packet's header but for `len`.
+   * Returns the payload bytes sent (setting {@linkcode filledPackets}), 0
+   * when no space or descriptor was free or the source had nothing, or -1
+   * at the source's end of input (nothing sent).
+   *
+   * @throws whatever the source throws; nothing is sent then.
+   */
+  sendFrom(header: PacketHeader, max: number, source: ByteSource): number {
+    this.filledPackets = 0;
+    this.reclaim();
+    const perPacket = this.#split && this.queue.layout.size > 1 ? 2 : 1;
+    const dest = this.#dest;
+    dest.clear();
+    let left = Math.min(max, FILL_BYTES);
+    let count = 0;
+    while (
+      count < FILL_PACKETS && left > 0 &&
+      this.queue.freeCount >= (count + 1) * perPacket
+    ) {
+      const p = Math.min(
+        left,
+        MAX_PAYLOAD,
+        this.#space.largestFree() - HDR_LEN,
+      );
+      if (p <= 0) break;
+      const a = this.#space.alloc(HDR_LEN + p)!;
+      this.#planOffset[count] = a.offset;
+      this.#planTicket[count] = a.ticket;
+      dest.push(a.offset + HDR_LEN, p);
+      count++;
+      left -= p;
+    }
+    if (count === 0) return 0;
+    let n: number | null = 0;
+    try {
+      n = checkedFill(source.fill(this.queue.region, dest), dest.bytes);
+    } finally {
+      // Space no byte went into goes back, newest first (n is 0 if fill threw).
+      let at = 0;
+      let used = 0;
+      while (used < count && at < (n ?? 0)) {
+        at += dest.lengths[used++]!;
+      }
+      for (let j = count - 1; j >= used; j--) {
+        this.#space.undoLast(this.#planTicket[j]!);
+      }
+      if (used > 0 && at > n!) {
+        const last = used - 1;
+        this.#space.shrinkLast(
+          this.#planTicket[last]!,
+          HDR_LEN + dest.lengths[last]! - (at - n!),
+        );
+      }
+    }
+    if (n === null) return -1;
+    let at = 0;
+    let packets = 0;
+    const region = this.queue.region;
+    for (let j = 0; at < n; j++) {
+      const len = Math.min(dest.lengths[j]!, n - at);
+      const offset = this.#planOffset[j]!;
+      header.len = len;
+      encodeHeader(this.#hdr.view, 0, header);
+      region.write(offset, this.#hdr.plain);
+      this.#post(offset, len, perPacket, this.#planTicket[j]!);
+      at += len;
+      packets++;
+    }
+    this.filledPackets = packets;
+    return n;
+  }
+
+  /** Adds the chain of a packet written at `offset`. */
+  #post(offset: number, len: number, descriptors: number, ticket: number) {
+    if (descriptors === 2 && len > 0) {
+      this.#offsets[0] = offset;
       this.#lengths[0] = HDR_LEN;
-      this.#offsets[1] = a.offset + HDR_LEN;
-      this.#lengths[1] = payload.length;
+      this.#offsets[1] = offset + HDR_LEN;
+      this.#lengths[1] = len;
     } else {
+      descriptors = 1;
       this.#offsets.length = 1;
       this.#lengths.length = 1;
-      this.#offsets[0] = a.offset;
-      this.#lengths[0] = total;
+      this.#offsets[0] = offset;
+      this.#lengths[0] = HDR_LEN + len;
     }
     const head = this.queue.addChain(this.#offsets, this.#lengths, descriptors);
     this.#offsets.length = 2;
     this.#lengths.length = 2;
-    this.#ticket[head] = a.ticket;
-    return true;
+    this.#ticket[head] = ticket;
   }
 
   /**
