@@ -31,6 +31,7 @@
  * @module
  */
 
+import type { ByteSource } from "../packets/byte_source.ts";
 import {
   OP,
   type PacketHeader,
@@ -69,6 +70,24 @@ export interface PacketSink {
   room(): number;
   /** Sends a packet (its `len` is set from `payload`); false if it did not fit. */
   send(header: PacketHeader, payload: Uint8Array): boolean;
+  /**
+   * Sends packets of up to `max` payload bytes in all, read from `source`
+   * straight into their buffers: the bytes sent, 0 if nothing was (no room,
+   * or the source had nothing), -1 at the source's end of input. Sets
+   * {@linkcode filledPackets}. Throws what the source throws.
+   */
+  sendFrom(header: PacketHeader, max: number, source: ByteSource): number;
+  /** How many packets the last {@linkcode sendFrom} sent. */
+  readonly filledPackets: number;
+}
+
+/** A {@linkcode ByteSource} that says when it may have bytes. */
+export interface PipeSource extends ByteSource {
+  /**
+   * Whether a fill may find bytes: false after one found none, until the
+   * source calls {@linkcode VsockConnection.sourceReady}.
+   */
+  readonly ready: boolean;
 }
 
 /** What a connection needs from its engine. */
@@ -157,6 +176,9 @@ export class VsockConnection {
   #readDone = false;
   #writes: PendingWrite[] = [];
   #writeClosed = false;
+  /** What {@linkcode pipeFrom} sends once #writes are out, and its promise. */
+  #source: PipeSource | null = null;
+  #piped: PromiseWithResolvers<void> | null = null;
   #writableController: WritableStreamDefaultController | null = null;
   #readable: ReadableStream<Uint8Array> | null = null;
   #writable: WritableStream<Uint8Array> | null = null;
@@ -271,6 +293,46 @@ export class VsockConnection {
   }
 
   /**
+   * Sends what `source` has, read straight into the packets' buffers, as
+   * credit and ring space allow, after anything queued by
+   * {@linkcode write}; at its end of input, closes writing (as
+   * {@linkcode closeWrite}). Resolves then, or when {@linkcode close} stops
+   * sending; rejects with the source's error if a fill throws, with what
+   * {@linkcode unpipe} is given, or with a {@linkcode VsockError} once the
+   * connection can no longer send. STREAM only; one source at a time.
+   */
+  pipeFrom(source: PipeSource): Promise<void> {
+    if (this.type !== TYPE.STREAM || this.#source !== null) {
+      return Promise.reject(
+        new TypeError("pipeFrom needs a STREAM connection with no source"),
+      );
+    }
+    if (this.#state === "closed") {
+      return Promise.reject(this.#closedError());
+    }
+    if (this.#writeClosed || (this.#peerShut & SHUTDOWN_F.RCV)) {
+      return Promise.reject(
+        new VsockError("EPIPE", "the connection no longer sends"),
+      );
+    }
+    this.#source = source;
+    const piped = this.#piped = Promise.withResolvers<void>();
+    // Scheduling may send at once, and the source may end right there.
+    if (source.ready) this.#schedule();
+    return piped.promise;
+  }
+
+  /** The piped source may have bytes again. */
+  sourceReady(): void {
+    if (this.#source?.ready) this.#schedule();
+  }
+
+  /** Stops reading the piped source; {@linkcode pipeFrom} rejects with `err`. */
+  unpipe(err: unknown): void {
+    this.#endPipe(err);
+  }
+
+  /**
    * Sends SHUTDOWN(SEND) after what is queued: the end of our data. With
    * input already over, this closes the connection (one SHUTDOWN(both)).
    */
@@ -341,6 +403,7 @@ export class VsockConnection {
       return;
     }
     this.#writeClosed = true;
+    this.#endPipe();
     this.#finishRead();
     this.#startClosing();
   }
@@ -424,24 +487,27 @@ export class VsockConnection {
   }
 
   /**
-   * Sends at most one packet into `sink`, highest priority first. Returns
-   * true when a packet went out.
+   * Sends one packet into `sink`, highest priority first, or several data
+   * packets read from a piped source. Returns how many went out.
    */
-  produce(sink: PacketSink, h: PacketHeader): boolean {
+  produce(sink: PacketSink, h: PacketHeader): number {
     this.#fillHeader(h);
     const p = this.#pending;
     if (p & P_RST) {
       h.op = OP.RST;
-      if (!sink.send(h, EMPTY)) return false;
+      if (!sink.send(h, EMPTY)) return 0;
       this.#pending = 0;
-      return true;
+      return 1;
     }
     if (p & P_RESPONSE) {
       return this.#sendControl(sink, h, OP.RESPONSE, P_RESPONSE);
     }
     if (p & P_REQUEST) return this.#sendControl(sink, h, OP.REQUEST, P_REQUEST);
     if (this.#canSendData()) {
-      if (this.#sendData(sink, h)) return true;
+      const sent = this.#writes.length > 0
+        ? this.#sendData(sink, h)
+        : this.#sendPiped(sink, h);
+      if (sent > 0) return sent;
       if (this.peerCredit === 0 && !this.#creditRequested) {
         // Out of credit: ask once, the peer answers with CREDIT_UPDATE.
         this.#creditRequested = true;
@@ -450,10 +516,10 @@ export class VsockConnection {
     }
     if ((p & P_SHUTDOWN) && this.#writes.length === 0) {
       h.flags = this.#wantShut;
-      if (!this.#sendControl(sink, h, OP.SHUTDOWN, P_SHUTDOWN)) return false;
+      if (!this.#sendControl(sink, h, OP.SHUTDOWN, P_SHUTDOWN)) return 0;
       this.#localShut |= this.#wantShut;
       this.#afterShutdownSent();
-      return true;
+      return 1;
     }
     if (this.#pending & P_CREDIT_UPDATE) {
       return this.#sendControl(sink, h, OP.CREDIT_UPDATE, P_CREDIT_UPDATE);
@@ -461,7 +527,7 @@ export class VsockConnection {
     if (this.#pending & P_CREDIT_REQUEST) {
       return this.#sendControl(sink, h, OP.CREDIT_REQUEST, P_CREDIT_REQUEST);
     }
-    return false;
+    return 0;
   }
 
   /** The transport went away or the engine is closing: end without packets. */
@@ -606,7 +672,12 @@ export class VsockConnection {
   #updatePeerCredit(h: PacketHeader): void {
     this.#peerBufAlloc = h.bufAlloc;
     this.#peerFwdCnt = h.fwdCnt;
-    if (this.peerCredit > 0 && this.#writes.length > 0) this.#schedule();
+    if (
+      this.peerCredit > 0 &&
+      (this.#writes.length > 0 || this.#source?.ready === true)
+    ) {
+      this.#schedule();
+    }
   }
 
   // ---- packets out --------------------------------------------------------
@@ -627,34 +698,35 @@ export class VsockConnection {
     h: PacketHeader,
     op: number,
     bit: number,
-  ): boolean {
+  ): number {
     h.op = op;
-    if (!sink.send(h, EMPTY)) return false;
+    if (!sink.send(h, EMPTY)) return 0;
     this.#pending &= ~bit;
     this.#sent(h);
-    return true;
+    return 1;
   }
 
   /** Data may go out while established, and while closing (flushing before SHUTDOWN). */
   #canSendData(): boolean {
     return (this.#state === "established" || this.#state === "closing") &&
-      this.#writes.length > 0 && (this.#peerShut & SHUTDOWN_F.RCV) === 0 &&
+      (this.#writes.length > 0 || this.#source?.ready === true) &&
+      (this.#peerShut & SHUTDOWN_F.RCV) === 0 &&
       (this.#localShut & SHUTDOWN_F.SEND) === 0;
   }
 
-  #sendData(sink: PacketSink, h: PacketHeader): boolean {
+  #sendData(sink: PacketSink, h: PacketHeader): number {
     const w = this.#writes[0]!;
     const room = sink.room();
     const credit = this.peerCredit;
     const left = w.chunk.length - w.offset;
     const n = Math.min(left, credit, room);
-    if (n <= 0 && left > 0) return false;
+    if (n <= 0 && left > 0) return 0;
     const last = n === left;
     h.op = OP.RW;
     if (this.type === TYPE.SEQPACKET && last) {
       h.flags = SEQ_F.EOM | (w.eor ? SEQ_F.EOR : 0);
     }
-    if (!sink.send(h, w.chunk.subarray(w.offset, w.offset + n))) return false;
+    if (!sink.send(h, w.chunk.subarray(w.offset, w.offset + n))) return 0;
     this.#txCnt = (this.#txCnt + n) >>> 0;
     this.stats.bytesOut += n;
     this.#sent(h);
@@ -667,7 +739,42 @@ export class VsockConnection {
         if (this.#writeClosed) this.#maybeFinish();
       }
     }
-    return true;
+    return 1;
+  }
+
+  /** Data read from the piped source straight into the sink's packets. */
+  #sendPiped(sink: PacketSink, h: PacketHeader): number {
+    const credit = this.peerCredit;
+    if (credit <= 0 || sink.room() <= 0) return 0;
+    h.op = OP.RW;
+    let n: number;
+    try {
+      n = sink.sendFrom(h, credit, this.#source!);
+    } catch (err) {
+      this.#endPipe(err);
+      return 0;
+    }
+    if (n < 0) {
+      // The source's end of input: ours too, once it is sent.
+      this.#endPipe();
+      this.#closeWrite();
+      return 0;
+    }
+    if (n === 0) return 0;
+    this.#txCnt = (this.#txCnt + n) >>> 0;
+    this.stats.bytesOut += n;
+    this.#sent(h);
+    return sink.filledPackets;
+  }
+
+  /** Forgets the piped source: its promise resolves, or rejects with `err`. */
+  #endPipe(err?: unknown): void {
+    const piped = this.#piped;
+    if (piped === null) return;
+    this.#source = null;
+    this.#piped = null;
+    if (err === undefined) piped.resolve();
+    else piped.reject(err);
   }
 
   /** Every packet carries fwd_cnt, so any send is also a credit update. */
@@ -863,6 +970,7 @@ export class VsockConnection {
     const writes = this.#writes;
     this.#writes = [];
     for (const w of writes) w.reject(err());
+    if (this.#piped !== null) this.#endPipe(err());
     if (this.#writeStopError === null && !this.#writeClosed) {
       this.#writeStopError = err;
       this.#writableController?.error(err());

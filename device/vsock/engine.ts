@@ -285,9 +285,11 @@ export class VsockEngine implements ConnectionHost {
       for (const conn of [...this.#ready]) {
         if (sink.room() < 0) return n;
         let k = 0;
-        while (k < PACKETS_PER_TURN && conn.produce(sink, h)) {
-          this.#countOut(h);
-          k++;
+        while (k < PACKETS_PER_TURN) {
+          const sent = conn.produce(sink, h);
+          if (sent === 0) break;
+          this.#countOut(h, sent);
+          k += sent;
         }
         n += k;
         if (k > 0) progress = true;
@@ -523,12 +525,12 @@ export class VsockEngine implements ConnectionHost {
     return -1;
   }
 
-  #countOut(h: PacketHeader): void {
-    this.#count_(this.stats.packetsOut, OP_NAMES[h.op] ?? "unknown");
+  #countOut(h: PacketHeader, packets = 1): void {
+    this.#count_(this.stats.packetsOut, OP_NAMES[h.op] ?? "unknown", packets);
   }
 
-  #count_(map: Record<string, number>, key: string): void {
-    map[key] = (map[key] ?? 0) + 1;
+  #count_(map: Record<string, number>, key: string, n = 1): void {
+    map[key] = (map[key] ?? 0) + n;
   }
 }
 

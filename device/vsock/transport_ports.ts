@@ -31,7 +31,14 @@ export class DeviceEnginePort implements DevicePort {
 
   activated(queues: ActiveQueues): void {
     const rx = queues.deviceRx;
-    this.#sink = { room: () => rx.room(), send: (h, p) => rx.put(h, p) };
+    this.#sink = {
+      room: () => rx.room(),
+      send: (h, p) => rx.put(h, p),
+      sendFrom: (h, max, source) => rx.sendFrom(h, max, source),
+      get filledPackets() {
+        return rx.filledPackets;
+      },
+    };
     this.engine.activate(
       CID.HOST,
       this.guestCid,
@@ -70,7 +77,14 @@ export class DriverEnginePort implements DriverPort {
   activated(queues: DriverQueues): void {
     this.#queues = queues;
     const tx = queues.driverTx;
-    this.#sink = { room: () => tx.room(), send: (h, p) => tx.send(h, p) };
+    this.#sink = {
+      room: () => tx.room(),
+      send: (h, p) => tx.send(h, p),
+      sendFrom: (h, max, source) => tx.sendFrom(h, max, source),
+      get filledPackets() {
+        return tx.filledPackets;
+      },
+    };
     this.#start();
   }
 

@@ -6,7 +6,14 @@
  * @module
  */
 
+import {
+  checkedFill,
+  FILL_BYTES,
+  FILL_PACKETS,
+} from "../../device/packets/byte_source.ts";
 import { InboundPacket } from "../../device/packets/inbound_packet.ts";
+import { Region } from "../../device/shm/region.ts";
+import { SegmentList } from "../../device/virtqueue/segments.ts";
 import {
   MAX_PAYLOAD,
   newHeader,
@@ -38,19 +45,59 @@ export class ScriptedPeer {
   /** Largest payload the sink accepts; -1 blocks it entirely. */
   room = MAX_PAYLOAD;
   kicks = 0;
-  readonly sink: PacketSink = {
-    room: () => this.room,
-    send: (h, payload) => {
-      if (this.room < 0 || payload.length > this.room) return false;
-      this.sent.push({
-        h: { ...h, len: payload.length },
-        payload: payload.slice(),
-      });
-      return true;
-    },
-  };
+  /** Packets the sink's last sendFrom sent. */
+  filledPackets = 0;
+  #dest = new SegmentList();
+  #scratch = Region.alloc(FILL_BYTES);
+  readonly sink: PacketSink = this.#makeSink();
   #packet = new InboundPacket();
   #pumping = false;
+
+  #makeSink(): PacketSink {
+    // deno-lint-ignore no-this-alias
+    const peer = this;
+    return {
+      room: () => this.room,
+      send: (h, payload) => {
+        if (this.room < 0 || payload.length > this.room) return false;
+        this.sent.push({
+          h: { ...h, len: payload.length },
+          payload: payload.slice(),
+        });
+        return true;
+      },
+      // Pulls into scratch memory in packets of at most `room` bytes each,
+      // as the rings' sinks do into their buffers.
+      sendFrom: (h, max, source) => {
+        this.filledPackets = 0;
+        if (this.room <= 0) return 0;
+        const dest = this.#dest;
+        dest.clear();
+        const per = Math.min(this.room, MAX_PAYLOAD);
+        let left = Math.min(max, FILL_BYTES);
+        for (let at = 0; left > 0 && dest.count < FILL_PACKETS; at += per) {
+          dest.push(at, Math.min(per, left));
+          left -= per;
+        }
+        const n = checkedFill(source.fill(this.#scratch, dest), dest.bytes);
+        if (n === null) return -1;
+        let at = 0;
+        while (at < n) {
+          const len = Math.min(per, n - at);
+          this.sent.push({
+            h: { ...h, len },
+            payload: this.#scratch.span(at, len).slice(),
+          });
+          this.filledPackets++;
+          at += len;
+        }
+        return n;
+      },
+      get filledPackets() {
+        return peer.filledPackets;
+      },
+    };
+  }
 
   constructor(options: EngineOptions = {}, seqpacket = true) {
     this.engine = new VsockEngine(options);
