@@ -15,12 +15,24 @@
  * Bytes move by two plain loops over `VsockConnection.read()`/`write()` and
  * the socket's reads and writes, not by Web Streams and `pipeTo`: their
  * closures and promises were most of the sidecar's memory per idle
- * connection (docs/performance.md).
+ * connection (docs/performance.md). A socket of the data plane's own
+ * (`FdConn`) is not read by a loop but pulled by the connection: it reads
+ * the socket straight into the ring's packet buffers when it has credit
+ * and ring space (`VsockConnection.pipeFrom`), which saves copying every
+ * byte once.
  *
  * @module
  */
 
-import type { VsockConnection } from "../device/vsock/connection.ts";
+import type { Region } from "../device/shm/region.ts";
+import type { SegmentList } from "../device/virtqueue/segments.ts";
+import type {
+  PipeSource,
+  VsockConnection,
+} from "../device/vsock/connection.ts";
+import { TYPE } from "../device/packets/header.ts";
+import { VsockError } from "../device/vsock/errors.ts";
+import { FdConn } from "./fd_socket.ts";
 import { recycleChunk } from "../device/vsock/chunk_pool.ts";
 import {
   type ByteSocket,
@@ -83,7 +95,19 @@ export function bridge(
     closeQuietly(socket);
   };
 
-  const sending = (async () => {
+  const sending = socket instanceof FdConn && conn.type === TYPE.STREAM
+    ? pull(conn, socket).catch((err) => {
+      if (err instanceof VsockError) {
+        // The connection stopped sending (writeStopped tells the same).
+        decide(sendFailure());
+      } else if (!socketClosed) {
+        // The socket failed (a reset), not because we closed it.
+        decide("reset-by-peer");
+        conn.reset("writer aborted: the socket failed");
+      }
+    })
+    : readLoop();
+  async function readLoop(): Promise<void> {
     const reader = new ChunkReader(socket);
     for (;;) {
       // A view of the reader's buffer: `conn.write()` resolves only once
@@ -111,7 +135,7 @@ export function bridge(
         return;
       }
     }
-  })();
+  }
   // Sending may stop while the socket is quiet (the guest shut down
   // receiving, or reset): this direction is over then, whatever the pending
   // read does later (it ends when the socket is closed).
@@ -202,4 +226,25 @@ export function bridge(
       closeSocket();
     },
   };
+}
+
+/**
+ * Has `conn` pull `socket`'s bytes straight into its packets; settles as
+ * `pipeFrom` does. The socket's readiness wakes the connection.
+ */
+function pull(conn: VsockConnection, socket: FdConn): Promise<void> {
+  const source: PipeSource & { ready: boolean } = {
+    ready: true,
+    fill(region: Region, dest: SegmentList): number | null {
+      const n = socket.recvInto(region, dest);
+      if (n !== undefined) return n;
+      source.ready = false;
+      socket.whenReadable().then(() => {
+        source.ready = true;
+        conn.sourceReady();
+      }, (err) => conn.unpipe(err));
+      return 0;
+    },
+  };
+  return conn.pipeFrom(source);
 }

@@ -52,6 +52,8 @@ import {
   unixSockaddr,
 } from "./socket_address.ts";
 import type { ByteSocket } from "./tcp_streams.ts";
+import type { Region } from "../device/shm/region.ts";
+import type { SegmentList } from "../device/virtqueue/segments.ts";
 
 const EINTR = 4;
 const EINPROGRESS = 115;
@@ -109,6 +111,50 @@ function closedError(): Error {
 
 function busyError(what: "read" | "write"): Error {
   return new Deno.errors.Busy(`Cannot ${what}: another ${what} is pending`);
+}
+
+/** Most ranges one readv(2) takes (a 256 KiB pull over 4 KiB buffers: 64). */
+const IOV_MAX_USED = 128;
+/** struct iovec { void *base; size_t len; }, as 32-bit halves. */
+const iovecs = new Uint32Array(IOV_MAX_USED * 4);
+/** Where each region's memory starts, as a number (exact below 2^53). */
+const regionBases = new WeakMap<Region, number>();
+
+function regionBase(region: Region): number {
+  let base = regionBases.get(region);
+  if (base === undefined) {
+    const view = region.span(0, region.size);
+    base = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(view)));
+    regionBases.set(region, base);
+  }
+  return base;
+}
+
+/**
+ * Fills `iovecs` with the ranges of `dest` (at most IOV_MAX_USED), each
+ * checked against the region's bounds, since readv(2) writes through raw
+ * addresses; returns how many.
+ *
+ * @throws {RangeError} if a range lies outside the region.
+ */
+function fillIovecs(region: Region, dest: SegmentList): number {
+  const base = regionBase(region);
+  const count = Math.min(dest.count, IOV_MAX_USED);
+  for (let i = 0; i < count; i++) {
+    const offset = dest.offsets[i]!;
+    const length = dest.lengths[i]!;
+    if (!region.contains(offset, length)) {
+      throw new RangeError(
+        `Cannot read into [${offset}, +${length}): outside the region`,
+      );
+    }
+    const address = base + offset;
+    iovecs[i * 4] = address % 0x1_0000_0000;
+    iovecs[i * 4 + 1] = Math.floor(address / 0x1_0000_0000);
+    iovecs[i * 4 + 2] = length;
+    iovecs[i * 4 + 3] = 0;
+  }
+  return count;
 }
 
 /** A connected stream socket on a non-blocking descriptor. */
@@ -200,6 +246,50 @@ export class FdConn implements ByteSocket {
   }
 
   /**
+   * Reads straight into ranges of a region (a ring's packet buffers), in
+   * order, without waiting: bytes read, null at the peer's FIN, undefined
+   * when nothing is there now ({@linkcode whenReadable} says when there
+   * may be). Not while a {@linkcode read} waits.
+   *
+   * @throws what a read would reject with (a reset, a closed socket), and
+   * {@link RangeError} for a range outside the region.
+   */
+  recvInto(region: Region, dest: SegmentList): number | null | undefined {
+    if (this.#closed) throw closedError();
+    if (this.#reading) throw busyError("read");
+    if (!this.#canRead || dest.bytes === 0) return undefined;
+    let n: number;
+    let asked: number;
+    if (dest.count === 1) {
+      asked = dest.lengths[0]!;
+      n = libc().recv(
+        this.#fd,
+        region.span(dest.offsets[0]!, asked),
+        BigInt(asked),
+        0,
+      );
+    } else {
+      const count = fillIovecs(region, dest);
+      asked = 0;
+      for (let i = 0; i < count; i++) asked += dest.lengths[i]!;
+      n = libc().readv(this.#fd, iovecs, count);
+    }
+    return this.#readResult(n, asked);
+  }
+
+  /**
+   * Resolves once a read may find data (at once if one may now); rejects
+   * with `BadResource` if the socket closes first. One waiter at a time,
+   * shared with {@linkcode read}.
+   */
+  whenReadable(): Promise<void> {
+    if (this.#closed) return Promise.reject(closedError());
+    if (this.#canRead) return Promise.resolve();
+    if (this.#reading) return Promise.reject(busyError("read"));
+    return this.#readable();
+  }
+
+  /**
    * Writes from `p`: bytes written (at least one). One write at a time, as
    * for reads.
    */
@@ -265,8 +355,13 @@ export class FdConn implements ByteSocket {
   /** One recv(2): bytes read, null at FIN, undefined for "not now". */
   #tryRead(p: Uint8Array): number | null | undefined {
     const n = libc().recv(this.#fd, p, BigInt(p.byteLength), 0);
+    return this.#readResult(n, p.byteLength);
+  }
+
+  /** What a read call's result `n` for `asked` bytes means. */
+  #readResult(n: number, asked: number): number | null | undefined {
     if (n > 0) {
-      if (n < p.byteLength && !this.#ending) this.#canRead = false;
+      if (n < asked && !this.#ending) this.#canRead = false;
       return n;
     }
     if (n === 0) return null;

@@ -58,6 +58,9 @@ const SYMBOLS = {
   // a number, where "isize" would allocate a BigInt on every call.
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
+  // Reads into several ranges of the region at once (a packet's payload
+  // areas, around their headers); low 32 bits as for recv.
+  readv: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   accept4_addr: {
     name: "accept4",

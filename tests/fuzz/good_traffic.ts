@@ -14,7 +14,12 @@
  */
 
 import type { VsockEngine } from "../../device/vsock/engine.ts";
-import type { VsockConnection } from "../../device/vsock/connection.ts";
+import type { Region } from "../../device/shm/region.ts";
+import type { SegmentList } from "../../device/virtqueue/segments.ts";
+import type {
+  PipeSource,
+  VsockConnection,
+} from "../../device/vsock/connection.ts";
 import type { VsockListener } from "../../device/vsock/listener.ts";
 import { VsockMessage } from "../../device/vsock/vsock_message.ts";
 import { Prng } from "../_support/prng.ts";
@@ -249,6 +254,11 @@ export class GoodTraffic {
             rng.bytes(size),
             1 + rng.int(0, 65536),
             progress,
+            // Half the streams are pulled straight into the ring's buffers,
+            // as the data plane's sockets are (VsockConnection.pipeFrom).
+            // Its own generator: fills happen as the ring allows, and must
+            // not shift the draws of the shared one.
+            rng.chance(0.5) ? new Prng(rng.u32()) : null,
           );
         }
         const info = await live.conn.closed;
@@ -284,16 +294,19 @@ export class GoodTraffic {
 }
 
 /**
- * Writes `data` in chunks of at most `chunk` bytes while reading the echo,
- * checks every byte, then closes and expects the end of the stream.
+ * Writes `data` in chunks of at most `chunk` bytes (or, given `pull`, has
+ * the connection pull it from a source of random short reads) while
+ * reading the echo, checks every byte, then closes and expects the end of
+ * the stream.
  */
 async function streamEcho(
   conn: VsockConnection,
   data: Uint8Array,
   chunk: number,
   progress: (n: number) => void,
+  pull: Prng | null = null,
 ): Promise<void> {
-  const writing = (async () => {
+  const writing = pull !== null ? pipeAll(conn, data, pull) : (async () => {
     const w = conn.writable.getWriter();
     for (let at = 0; at < data.length; at += chunk) {
       await w.write(data.slice(at, at + chunk));
@@ -331,6 +344,43 @@ async function streamEcho(
   if (at !== data.length) {
     throw new Error(`echo ended after ${at} of ${data.length} bytes`);
   }
+}
+
+/**
+ * Sends `data` through `pipeFrom`: a source that gives it out in random
+ * short reads straight into the packets' buffers, now and then with
+ * nothing ready (ready again a microtask later), then its end.
+ */
+function pipeAll(
+  conn: VsockConnection,
+  data: Uint8Array,
+  rng: Prng,
+): Promise<void> {
+  let at = 0;
+  const source: PipeSource & { ready: boolean } = {
+    ready: true,
+    fill(region: Region, dest: SegmentList): number | null {
+      if (at === data.length) return null;
+      if (rng.chance(0.1)) {
+        source.ready = false;
+        queueMicrotask(() => {
+          source.ready = true;
+          conn.sourceReady();
+        });
+        return 0;
+      }
+      const most = Math.min(data.length - at, rng.int(1, 300_000));
+      let n = 0;
+      for (let i = 0; i < dest.count && n < most; i++) {
+        const take = Math.min(dest.lengths[i]!, most - n);
+        region.write(dest.offsets[i]!, data.subarray(at + n, at + n + take));
+        n += take;
+      }
+      at += n;
+      return n;
+    },
+  };
+  return conn.pipeFrom(source);
 }
 
 /**
