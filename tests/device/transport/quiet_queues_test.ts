@@ -38,6 +38,9 @@ async function oneWrite(
     const listener = p[to].listen(port);
     const data = new Prng(seed).bytes(BYTES);
     const received = listener.accept().then((c) => readAll(c.readable));
+    // If sending fails, stop() below ends the reader too: let the sending
+    // error be the one reported, not this one's.
+    received.catch(() => {});
     const c = await p[from].connect(port);
     await c.write(data);
     c.closeWrite();
