@@ -23,7 +23,11 @@ export interface ByteSource {
   fill(region: Region, dest: SegmentList): number | null;
 }
 
-/** Most payload bytes one pull asks for: what one socket read took before. */
+/**
+ * Payload bytes one pull asks for, what one socket read took before: the
+ * sinks plan whole packets until they reach it, so a pull may ask for up to
+ * one packet more.
+ */
 export const FILL_BYTES = 256 * 1024;
 
 /** Most packets one pull spreads over (64 one-buffer 4 KiB packets). */

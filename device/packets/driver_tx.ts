@@ -94,8 +94,8 @@ export class DriverTx {
   /**
    * Sends up to `max` payload bytes read straight from `source` into
    * transmit space, as consecutive packets of up to
-   * {@linkcode MAX_PAYLOAD} (at most {@linkcode FILL_BYTES} and
-   * {@linkcode FILL_PACKETS} at a time), added to the queue (call
+   * {@linkcode MAX_PAYLOAD} (whole packets until {@linkcode FILL_BYTES},
+   * at most {@linkcode FILL_PACKETS}), added to the queue (call
    * `queue.publish()`). `header` is every packet's header but for `len`.
    * Returns the payload bytes sent (setting {@linkcode filledPackets}), 0
    * when no space or descriptor was free or the source had nothing, or -1
@@ -109,10 +109,10 @@ export class DriverTx {
     const perPacket = this.#split && this.queue.layout.size > 1 ? 2 : 1;
     const dest = this.#dest;
     dest.clear();
-    let left = Math.min(max, FILL_BYTES);
+    let left = Math.floor(max);
     let count = 0;
     while (
-      count < FILL_PACKETS && left > 0 &&
+      count < FILL_PACKETS && dest.bytes < FILL_BYTES && left > 0 &&
       this.queue.freeCount >= (count + 1) * perPacket
     ) {
       const p = Math.min(
