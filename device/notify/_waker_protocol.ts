@@ -28,8 +28,9 @@
  *                then notifies WAITING
  * [11] MUTED     a bit per watched word (bit i: word i) whose changes do not
  *                wake the main thread; the worker still tracks their values
- * [12] SEEN_SET  main sets 1 after writing SEEN; the worker, leaving PARKED,
- *                takes SEEN as its snapshot and clears it
+ * [12] SEEN_SET  main sets 1 after writing SEEN (each turn, and watch()); the
+ *                worker, leaving PARKED or loading a watch list, takes SEEN
+ *                as its snapshot and clears it
  * [13] LOADED    the VERSION of the watch list the worker last loaded (and
  *                took its snapshot of): equal to VERSION once it watches it
  * [14] IO_FD     a descriptor (the loop's epoll set) or -1: readable means

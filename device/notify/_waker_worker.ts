@@ -132,7 +132,12 @@ function run(init: WakerInit): void {
       offsets.push(Atomics.load(ctl, CTL_TABLE + 2 * i));
       widths.push(Atomics.load(ctl, CTL_TABLE + 2 * i + 1));
     }
-    snapshot = offsets.map((_, i) => read(i));
+    // Compare with the words as the main thread saw them (at watch(), or
+    // at a turn since), not as they are now: what changed since it looked
+    // is news even if it changed before we got here.
+    snapshot = Atomics.exchange(ctl, CTL_SEEN_SET, 0) === 1
+      ? offsets.map((_, i) => Atomics.load(ctl, CTL_SEEN + i) >>> 0)
+      : offsets.map((_, i) => read(i));
     const control = Atomics.load(ctl, CTL_CONTROL);
     doorbellCount = Atomics.load(ctl, CTL_FDS);
     ioFd = Atomics.load(ctl, CTL_IO_FD);

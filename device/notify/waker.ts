@@ -166,6 +166,12 @@ export class Waker {
       Atomics.store(ctl, CTL_TABLE + 2 * MAX_WORDS + i, fd)
     );
     Atomics.store(ctl, CTL_IO_FD, ioFd);
+    // The worker may load this list long after we return (it starts
+    // asynchronously, and a busy machine can keep it waiting): have it
+    // compare with the words as they are now, not as they are when it gets
+    // to them, or a change in between would be lost and we would sleep
+    // through it.
+    this.noteSeen();
     if ((eventFds.length > 0 || ioFd >= 0) && this.#control === null) {
       // The worker will block in poll(2) on these: give it an eventfd of
       // ours in the same poll so that stop, activity and a new watch list

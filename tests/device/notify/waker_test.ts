@@ -146,6 +146,24 @@ Deno.test("a change made while the main thread was busy is reported by its next 
   }, { backoff: SPIN_ONLY });
 });
 
+Deno.test("a change made after watch() but before the worker loads the list is reported", async () => {
+  // The worker starts on its own time (milliseconds, seconds on a cold
+  // module cache): a word that changes before it loads the list must still
+  // count as a change against the values watch() saw. Taken as the
+  // worker's baseline instead, it was lost, and a runner slept through it
+  // until its heartbeat (the quiet_queues tests' flake).
+  const waker = new Waker(Region.alloc(4096), SPIN_ONLY);
+  try {
+    waker.watch([{ offset: WORD, width: 4 }]);
+    assert(!waker.watching, "the worker cannot have loaded the list yet");
+    waker.region.store32(WORD, 7);
+    await watching(waker);
+    assertEquals(await waker.wait(5_000), "changed");
+  } finally {
+    await waker.close();
+  }
+});
+
 Deno.test("without a writable temporary directory the worker wakes the main thread by postMessage", async () => {
   const tmp = Deno.env.get("TMPDIR");
   Deno.env.set("TMPDIR", "/nonexistent/ivsock-no-tmp");
