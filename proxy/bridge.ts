@@ -241,8 +241,14 @@ function pull(conn: VsockConnection, socket: FdConn): Promise<void> {
       source.ready = false;
       socket.whenReadable().then(() => {
         source.ready = true;
-        conn.sourceReady();
-      }, (err) => conn.unpipe(err));
+        try {
+          // This may transmit at once; a failure there must end this
+          // connection, not the process (an unhandled rejection).
+          conn.sourceReady(source);
+        } catch (err) {
+          conn.unpipe(source, err);
+        }
+      }, (err) => conn.unpipe(source, err));
       return 0;
     },
   };

@@ -135,9 +135,15 @@ function regionBase(region: Region): number {
  * checked against the region's bounds, since readv(2) writes through raw
  * addresses; returns how many.
  *
- * @throws {RangeError} if a range lies outside the region.
+ * @throws {RangeError} if a range lies outside the region, or the region
+ * is closed.
  */
 function fillIovecs(region: Region, dest: SegmentList): number {
+  // The cached address outlives a closed (unmapped) region: never write
+  // through it then.
+  if (region.closed) {
+    throw new RangeError("Cannot read into a closed region");
+  }
   const base = regionBase(region);
   const count = Math.min(dest.count, IOV_MAX_USED);
   for (let i = 0; i < count; i++) {

@@ -115,6 +115,7 @@ export class ByteRing {
     this.#lens[slot] = length + skipped;
     this.#used -= had - length;
     this.#head = this.#starts[slot]! + length;
+    if (this.#head === this.size) this.#head = 0;
   }
 
   /**

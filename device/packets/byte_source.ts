@@ -34,17 +34,42 @@ export const FILL_BYTES = 256 * 1024;
 export const FILL_PACKETS = 64;
 
 /**
- * The byte count a source returned, checked: a source that claims more
- * than it was given room for would make the sink publish bytes it never
- * wrote.
- *
- * @throws {RangeError} if `n` is not an integer in `[0, room]` or null.
+ * What a sink throws when its source failed (a reset socket, or a count it
+ * could not have read): the source's error is `cause`. Anything else a sink
+ * throws is a bug of ours, not the source's.
  */
-export function checkedFill(n: number | null, room: number): number | null {
+export class SourceFailure extends Error {
+  constructor(cause: unknown) {
+    super("the byte source failed", { cause });
+    this.name = "SourceFailure";
+  }
+}
+
+/**
+ * Calls `source.fill(region, dest)` and checks its count: a source that
+ * claimed more than it had room for would make the sink publish bytes it
+ * never wrote.
+ *
+ * @throws {SourceFailure} when the source throws or returns a count that
+ * is not an integer in `[0, dest.bytes]` or null.
+ */
+export function fillFrom(
+  source: ByteSource,
+  region: Region,
+  dest: SegmentList,
+): number | null {
+  let n: number | null;
+  try {
+    n = source.fill(region, dest);
+  } catch (err) {
+    throw new SourceFailure(err);
+  }
   if (n === null) return null;
-  if (!Number.isInteger(n) || n < 0 || n > room) {
-    throw new RangeError(
-      `a byte source returned ${n} for ${room} bytes of room`,
+  if (!Number.isInteger(n) || n < 0 || n > dest.bytes) {
+    throw new SourceFailure(
+      new RangeError(
+        `a byte source returned ${n} for ${dest.bytes} bytes of room`,
+      ),
     );
   }
   return n;

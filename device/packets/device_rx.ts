@@ -21,9 +21,9 @@ import type { DeviceQueue } from "../virtqueue/device_queue.ts";
 import { ScatterCursor, SegmentList } from "../virtqueue/segments.ts";
 import {
   type ByteSource,
-  checkedFill,
   FILL_BYTES,
   FILL_PACKETS,
+  fillFrom,
 } from "./byte_source.ts";
 import {
   encodeHeader,
@@ -178,14 +178,14 @@ export class DeviceRx {
    * (setting {@linkcode filledPackets}), 0 when the buffers or the source
    * had nothing, or -1 at the source's end of input (nothing sent).
    *
-   * @throws whatever the source throws; nothing is sent then.
+   * @throws {SourceFailure} when the source fails; nothing is sent then.
    */
   sendFrom(header: PacketHeader, max: number, source: ByteSource): number {
     this.filledPackets = 0;
     const count = this.#plan(Math.floor(max));
     if (count === 0) return 0;
     const dest = this.#dest;
-    const n = checkedFill(source.fill(this.queue.region, dest), dest.bytes);
+    const n = fillFrom(source, this.queue.region, dest);
     if (n === null) return -1;
     if (n === 0) return 0;
 

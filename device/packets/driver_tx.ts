@@ -9,9 +9,9 @@ import type { DriverQueue } from "../virtqueue/driver_queue.ts";
 import type { ByteRing } from "./byte_ring.ts";
 import {
   type ByteSource,
-  checkedFill,
   FILL_BYTES,
   FILL_PACKETS,
+  fillFrom,
 } from "./byte_source.ts";
 import { SegmentList } from "../virtqueue/segments.ts";
 import {
@@ -101,7 +101,7 @@ export class DriverTx {
    * when no space or descriptor was free or the source had nothing, or -1
    * at the source's end of input (nothing sent).
    *
-   * @throws whatever the source throws; nothing is sent then.
+   * @throws {SourceFailure} when the source fails; nothing is sent then.
    */
   sendFrom(header: PacketHeader, max: number, source: ByteSource): number {
     this.filledPackets = 0;
@@ -131,7 +131,7 @@ export class DriverTx {
     if (count === 0) return 0;
     let n: number | null = 0;
     try {
-      n = checkedFill(source.fill(this.queue.region, dest), dest.bytes);
+      n = fillFrom(source, this.queue.region, dest);
     } finally {
       // Space no byte went into goes back, newest first (n is 0 if fill threw).
       let at = 0;

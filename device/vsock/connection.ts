@@ -31,7 +31,7 @@
  * @module
  */
 
-import type { ByteSource } from "../packets/byte_source.ts";
+import { type ByteSource, SourceFailure } from "../packets/byte_source.ts";
 import {
   OP,
   type PacketHeader,
@@ -74,7 +74,9 @@ export interface PacketSink {
    * Sends packets of up to `max` payload bytes in all, read from `source`
    * straight into their buffers: the bytes sent, 0 if nothing was (no room,
    * or the source had nothing), -1 at the source's end of input. Sets
-   * {@linkcode filledPackets}. Throws what the source throws.
+   * {@linkcode filledPackets}.
+   *
+   * @throws {SourceFailure} when the source failed (nothing was sent).
    */
   sendFrom(header: PacketHeader, max: number, source: ByteSource): number;
   /** How many packets the last {@linkcode sendFrom} sent. */
@@ -322,14 +324,17 @@ export class VsockConnection {
     return piped.promise;
   }
 
-  /** The piped source may have bytes again. */
-  sourceReady(): void {
-    if (this.#source?.ready) this.#schedule();
+  /** `source`, if it is the piped one, may have bytes again. */
+  sourceReady(source: PipeSource): void {
+    if (this.#source === source && source.ready) this.#schedule();
   }
 
-  /** Stops reading the piped source; {@linkcode pipeFrom} rejects with `err`. */
-  unpipe(err: unknown): void {
-    this.#endPipe(err);
+  /**
+   * Stops reading `source` if it is the piped one; its
+   * {@linkcode pipeFrom} rejects with `err`.
+   */
+  unpipe(source: PipeSource, err: unknown): void {
+    if (this.#source === source) this.#endPipe(err);
   }
 
   /**
@@ -751,14 +756,18 @@ export class VsockConnection {
     try {
       n = sink.sendFrom(h, credit, this.#source!);
     } catch (err) {
-      this.#endPipe(err);
+      // The source's failure is its owner's to judge (the bridge resets);
+      // anything else is the sink's, and goes up to the runner.
+      if (!(err instanceof SourceFailure)) throw err;
+      this.#endPipe(err.cause);
       return 0;
     }
     if (n < 0) {
-      // The source's end of input: ours too, once it is sent.
+      // The source's end of input: ours too. Closing asks for SHUTDOWN (or
+      // an RST): send it in this turn, or it could wait for the next one.
       this.#endPipe();
       this.#closeWrite();
-      return 0;
+      return this.produce(sink, h);
     }
     if (n === 0) return 0;
     this.#txCnt = (this.#txCnt + n) >>> 0;
@@ -898,6 +907,8 @@ export class VsockConnection {
 
   #closeWrite(): void {
     if (this.#writeClosed) return;
+    // Closing ends a pipe too: what its source has not given stays there.
+    this.#endPipe();
     this.#writeClosed = true;
     // With nothing queued and input already over, this ends the connection:
     // #maybeFinish sends one SHUTDOWN(both), or the RST a full peer shutdown

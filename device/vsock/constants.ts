@@ -91,7 +91,13 @@ export const MAX_PENDING_REPLIES = 1024;
 export const EPHEMERAL_FIRST = 2 ** 30;
 export const EPHEMERAL_LAST = 2 ** 31 - 1;
 
-/** Packets one connection may send per turn before others get theirs. */
+/**
+ * Packets one connection may send per turn before others get theirs; or
+ * one pull from a piped source (VsockConnection.pipeFrom), which may take
+ * more packets of small buffers but about as many bytes as four full
+ * packets (FILL_BYTES): one read of the socket, however the guest sizes
+ * its buffers.
+ */
 export const PACKETS_PER_TURN = 4;
 
 /**

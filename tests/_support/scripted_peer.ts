@@ -7,9 +7,9 @@
  */
 
 import {
-  checkedFill,
   FILL_BYTES,
   FILL_PACKETS,
+  fillFrom,
 } from "../../device/packets/byte_source.ts";
 import { InboundPacket } from "../../device/packets/inbound_packet.ts";
 import { Region } from "../../device/shm/region.ts";
@@ -79,7 +79,7 @@ export class ScriptedPeer {
           dest.push(at, Math.min(per, left));
           left -= per;
         }
-        const n = checkedFill(source.fill(this.#scratch, dest), dest.bytes);
+        const n = fillFrom(source, this.#scratch, dest);
         if (n === null) return -1;
         let at = 0;
         while (at < n) {

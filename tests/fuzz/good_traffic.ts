@@ -365,7 +365,7 @@ function pipeAll(
         source.ready = false;
         queueMicrotask(() => {
           source.ready = true;
-          conn.sourceReady();
+          conn.sourceReady(source);
         });
         return 0;
       }

@@ -131,7 +131,7 @@ Deno.test("FdConn.recvInto() returns null at the peer's FIN, after the last byte
   });
 });
 
-Deno.test("FdConn.recvInto() refuses a range outside the region before any byte is read", async () => {
+Deno.test("FdConn.recvInto() refuses a range outside the region, or a closed region, before any byte is read", async () => {
   await withPair(async (conn, peer) => {
     const region = Region.alloc(4096);
     await peer.write(new Uint8Array(16).fill(7));
@@ -141,6 +141,14 @@ Deno.test("FdConn.recvInto() refuses a range outside the region before any byte 
       RangeError,
     );
     assertThrows(() => conn.recvInto(region, ranges([4095, 2])), RangeError);
+    // Nor into a closed region, whose cached address may be unmapped.
+    const gone = Region.alloc(4096);
+    gone.close();
+    assertThrows(
+      () => conn.recvInto(gone, ranges([0, 8], [100, 8])),
+      RangeError,
+      "closed",
+    );
     // The bytes are still there for a good read.
     assertEquals(await recvAll(conn, region, ranges([0, 16]), 16), 16);
     assert(region.span(0, 16).every((b) => b === 7));

@@ -20,6 +20,7 @@ import {
   type ByteSource,
   FILL_BYTES,
   FILL_PACKETS,
+  SourceFailure,
 } from "../../../device/packets/byte_source.ts";
 import {
   HDR_LEN,
@@ -150,6 +151,23 @@ interface Got {
   numBuffers?: number;
   /** Region ranges of the payload, [offset, length]. */
   ranges: Array<[number, number]>;
+}
+
+/**
+ * Runs `fn`, which must throw a SourceFailure whose cause is a `Cause`
+ * whose message includes `text`: the sinks' word for "the source failed".
+ */
+function assertSourceFailure(
+  fn: () => unknown,
+  Cause: new (...args: never[]) => Error,
+  text: string,
+): void {
+  const err = assertThrows(fn, SourceFailure);
+  assert(err.cause instanceof Cause, `cause ${String(err.cause)}`);
+  assert(
+    (err.cause as Error).message.includes(text),
+    `cause says ${(err.cause as Error).message}`,
+  );
 }
 
 /** Everything the driver has received; reposts the buffers. */
@@ -458,7 +476,7 @@ for (const m of RX_MODES) {
     assertEquals(p.deviceRx.sendFrom(h, FILL_BYTES, source), -1);
     assertEquals(p.deviceRx.filledPackets, 0);
     source.replies.push("throw");
-    assertThrows(
+    assertSourceFailure(
       () => p.deviceRx.sendFrom(h, FILL_BYTES, source),
       Error,
       "connection reset",
@@ -466,7 +484,7 @@ for (const m of RX_MODES) {
     assertEquals(p.deviceRx.filledPackets, 0);
     for (const bad of [-1, 1.5, NaN, FILL_BYTES + 1]) {
       source.replies.push({ returns: bad });
-      assertThrows(
+      assertSourceFailure(
         () => p.deviceRx.sendFrom(h, FILL_BYTES, source),
         RangeError,
         "a byte source returned",
@@ -745,17 +763,16 @@ for (const splitHeader of [false, true]) {
       } else if (reply === "end") {
         assertEquals(tx.sendFrom(h, 1 << 30, source), -1, label);
       } else if (reply === "throw") {
-        assertThrows(
+        assertSourceFailure(
           () => tx.sendFrom(h, 1 << 30, source),
           Error,
           "connection reset",
         );
       } else {
-        assertThrows(
+        assertSourceFailure(
           () => tx.sendFrom(h, 1 << 30, source),
           RangeError,
           "a byte source returned",
-          label,
         );
       }
       assertEquals(tx.filledPackets, 0, label);

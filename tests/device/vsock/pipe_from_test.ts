@@ -162,7 +162,7 @@ Deno.test("a source with nothing is not asked again until it says it is ready", 
   assertEquals(src.fills, fills, "not-ready source left alone");
   src.available = 10_000;
   src.ready = true;
-  conn.sourceReady();
+  conn.sourceReady(src);
   p.pump();
   assertEquals(rwBytes(p), src.data);
   conn.reset();
@@ -266,7 +266,7 @@ Deno.test("the peer's reset and SHUTDOWN(RCV) reject the pipe with a VsockError 
     assertEquals(err.code, how === "reset" ? "ECONNRESET" : "EPIPE");
     src.available = 10_000;
     src.ready = true;
-    conn.sourceReady();
+    conn.sourceReady(src);
     p.pump();
     assertEquals(src.fills, 0, `${how}: the source is never read again`);
     conn.reset();
@@ -283,7 +283,7 @@ Deno.test("close() ends the pipe and unpipe() rejects it with the reason given",
   a.close();
   await piped;
   src.ready = true;
-  a.sourceReady();
+  a.sourceReady(src);
   p.pump();
   assertEquals(src.fills, 0);
   a.reset();
@@ -292,8 +292,14 @@ Deno.test("close() ends the pipe and unpipe() rejects it with the reason given",
   const q = new ScriptedPeer();
   const b = await open(q);
   const why = new Error("socket closed");
-  const piped2 = b.pipeFrom(new FakeSource(pattern(10)));
-  b.unpipe(why);
+  const src2 = new FakeSource(pattern(10));
+  src2.ready = false;
+  const piped2 = b.pipeFrom(src2);
+  b.unpipe(new FakeSource(pattern(1)), new Error("stale"));
+  b.sourceReady(new FakeSource(pattern(1)));
+  q.pump();
+  assertEquals(src2.fills, 0, "another source's calls touch nothing");
+  b.unpipe(src2, why);
   assertStrictEquals(await assertRejects(() => piped2), why);
   b.reset();
   q.engine.close();
@@ -309,7 +315,7 @@ Deno.test("pipeFrom refuses a second source, a SEQPACKET connection, and a conne
     () => conn.pipeFrom(new FakeSource(pattern(1))),
     TypeError,
   );
-  conn.unpipe(new Error("done"));
+  conn.unpipe(src, new Error("done"));
   await assertRejects(() => piped);
   conn.closeWrite();
   const late = await assertRejects(
@@ -338,4 +344,45 @@ Deno.test("pipeFrom refuses a second source, a SEQPACKET connection, and a conne
   );
   seq.reset();
   q.engine.close();
+});
+
+Deno.test("the source's end is answered in the same turn: SHUTDOWN(SEND) goes out with the last bytes", async () => {
+  const p = new ScriptedPeer();
+  const conn = await open(p);
+  const src = new FakeSource(pattern(1000));
+  const piped = conn.pipeFrom(src);
+  assertEquals(
+    p.pumpOps(),
+    ["RW", "SHUTDOWN"],
+    "one transmit: the data, then the end the source found",
+  );
+  await piped;
+  const empty = new ScriptedPeer();
+  const c2 = await open(empty);
+  const piped2 = c2.pipeFrom(new FakeSource(new Uint8Array(0)));
+  assertEquals(empty.pumpOps(), ["SHUTDOWN"]);
+  await piped2;
+  conn.reset();
+  c2.reset();
+  p.engine.close();
+  empty.engine.close();
+});
+
+Deno.test("closeWrite() during a pipe ends it: the source is not read again and SHUTDOWN(SEND) goes out", async () => {
+  const p = new ScriptedPeer();
+  const conn = await open(p);
+  const src = new FakeSource(pattern(10_000));
+  src.ends = false;
+  src.available = 0;
+  src.ready = false;
+  const piped = conn.pipeFrom(src);
+  conn.closeWrite();
+  await piped;
+  src.available = 10_000;
+  src.ready = true;
+  conn.sourceReady(src);
+  assertEquals(p.pumpOps(), ["SHUTDOWN"]);
+  assertEquals(src.fills, 0);
+  conn.reset();
+  p.engine.close();
 });
