@@ -172,8 +172,8 @@ export class DeviceRx {
   /**
    * Sends up to `max` payload bytes read straight from `source` into the
    * posted buffers, as consecutive packets (each shaped as {@linkcode room}
-   * would shape it), about {@linkcode FILL_BYTES} (in whole packets) and at
-   * most {@linkcode FILL_PACKETS} at a time. `header` is every packet's header
+   * would shape it), as many whole packets as fit in {@linkcode FILL_BYTES}
+   * and at most {@linkcode FILL_PACKETS} at a time. `header` is every packet's header
    * but for `len` (and `num_buffers`). Returns the payload bytes sent
    * (setting {@linkcode filledPackets}), 0 when the buffers or the source
    * had nothing, or -1 at the source's end of input (nothing sent).
@@ -233,11 +233,10 @@ export class DeviceRx {
   /**
    * Plans packets for up to `max` payload bytes over the held chains, each
    * as {@linkcode room} would shape it (then cut to what is left of
-   * `max`), until {@linkcode FILL_BYTES} are planned: fills #planChain,
-   * #planPayload and #dest (their payload ranges, the headers' bytes
-   * skipped). Returns how many packets. Whole packets count against
-   * FILL_BYTES, so that the cap never makes a packet of a few bytes that
-   * takes a buffer of its own.
+   * `max`), as many whole packets as fit in {@linkcode FILL_BYTES}: fills
+   * #planChain, #planPayload and #dest (their payload ranges, the headers'
+   * bytes skipped). Returns how many packets. The cap never cuts a packet
+   * short, which made a packet of a few bytes take a buffer of its own.
    */
   #plan(max: number): number {
     this.#fill(true);
@@ -246,10 +245,7 @@ export class DeviceRx {
     let chain = 0;
     let left = max;
     let count = 0;
-    while (
-      count < FILL_PACKETS && max - left < FILL_BYTES && left > 0 &&
-      chain < this.#held
-    ) {
+    while (count < FILL_PACKETS && left > 0 && chain < this.#held) {
       let p = Math.min(this.#capacityFrom(chain), MAX_PAYLOAD);
       if (p <= 0) break;
       if (this.mergeable) {
@@ -257,6 +253,7 @@ export class DeviceRx {
         if (aligned >= p / 2) p = aligned;
       }
       p = Math.min(p, left);
+      if (count > 0 && max - left + p > FILL_BYTES) break;
       this.#planChain[count] = chain;
       this.#planPayload[count] = p;
       count++;
@@ -302,7 +299,7 @@ export class DeviceRx {
    */
   #fill(many = false): void {
     const need = many
-      ? FILL_BYTES + MAX_PAYLOAD + FILL_PACKETS * this.headerLength
+      ? FILL_BYTES + FILL_PACKETS * this.headerLength
       : this.headerLength + MAX_PAYLOAD;
     const most = many ? FILL_PACKETS : 1;
     const q = this.queue;
