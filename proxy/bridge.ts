@@ -2,9 +2,10 @@
  * Joins a vsock connection to a socket (a TCP or UNIX connection), both
  * ways, keeping each direction's backpressure, half-close and resets:
  *
- * - socket -> vsock: the socket is read only when the vsock connection has
- *   sent the previous chunk, which it does only within the guest's credit:
- *   no credit, no reading.
+ * - socket -> vsock: the socket is read only when the guest has credit
+ *   for the bytes (and, for the data plane's own sockets, the ring has room
+ *   for them, since they are read straight into it); a socket of another
+ *   kind, only once the previous chunk was sent: no credit, no reading.
  * - vsock -> socket: the vsock connection is read only when the socket took
  *   the previous chunk, and unread vsock data withholds credit.
  * - the end of one side's input (FIN, vsock SHUTDOWN(SEND)) closes the other
