@@ -94,8 +94,8 @@ export class DriverTx {
   /**
    * Sends up to `max` payload bytes read straight from `source` into
    * transmit space, as consecutive packets of up to
-   * {@linkcode MAX_PAYLOAD} (whole packets until {@linkcode FILL_BYTES},
-   * at most {@linkcode FILL_PACKETS}), added to the queue (call
+   * {@linkcode MAX_PAYLOAD} (as many as fit in {@linkcode FILL_BYTES}, at
+   * most {@linkcode FILL_PACKETS}), added to the queue (call
    * `queue.publish()`). `header` is every packet's header but for `len`.
    * Returns the payload bytes sent (setting {@linkcode filledPackets}), 0
    * when no space or descriptor was free or the source had nothing, or -1
@@ -112,7 +112,7 @@ export class DriverTx {
     let left = Math.floor(max);
     let count = 0;
     while (
-      count < FILL_PACKETS && dest.bytes < FILL_BYTES && left > 0 &&
+      count < FILL_PACKETS && left > 0 &&
       this.queue.freeCount >= (count + 1) * perPacket
     ) {
       const p = Math.min(
@@ -120,7 +120,7 @@ export class DriverTx {
         MAX_PAYLOAD,
         this.#space.largestFree() - HDR_LEN,
       );
-      if (p <= 0) break;
+      if (p <= 0 || (count > 0 && dest.bytes + p > FILL_BYTES)) break;
       const a = this.#space.alloc(HDR_LEN + p)!;
       this.#planOffset[count] = a.offset;
       this.#planTicket[count] = a.ticket;
