@@ -750,7 +750,9 @@ export class VsockConnection {
   /** Data read from the piped source straight into the sink's packets. */
   #sendPiped(sink: PacketSink, h: PacketHeader): number {
     const credit = this.peerCredit;
-    if (credit <= 0 || sink.room() <= 0) return 0;
+    if (credit <= 0) return 0;
+    // No room() look first: with no buffers or space the sink plans no
+    // packet and returns 0 without asking the source.
     h.op = OP.RW;
     let n: number;
     try {

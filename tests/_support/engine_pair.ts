@@ -6,6 +6,7 @@
  * @module
  */
 
+import { concatBytes } from "./concat_bytes.ts";
 import "./ffi.ts";
 import { Region } from "../../device/shm/region.ts";
 import { DeviceTransport } from "../../device/transport/device_transport.ts";
@@ -106,18 +107,8 @@ export async function readAll(
   readable: ReadableStream<Uint8Array>,
 ): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
-  let n = 0;
-  for await (const chunk of readable) {
-    parts.push(chunk);
-    n += chunk.length;
-  }
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  for await (const chunk of readable) parts.push(chunk);
+  return concatBytes(parts);
 }
 
 /** Writes `data` in chunks of `chunk` bytes, then closes the writable. */

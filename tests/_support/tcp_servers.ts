@@ -6,6 +6,7 @@
  * @module
  */
 
+import { concatBytes } from "./concat_bytes.ts";
 import { createHash } from "node:crypto";
 
 /** A running test server. */
@@ -112,7 +113,9 @@ export function sha256(data: Uint8Array): string {
 }
 
 /** Reads `conn` to its end (the peer's FIN) and returns every byte. */
-export async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
+export async function readToEnd(
+  conn: { read(p: Uint8Array): Promise<number | null> },
+): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   const buf = new Uint8Array(65536);
   for (;;) {
@@ -120,11 +123,5 @@ export async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
     if (n === null) break;
     parts.push(buf.slice(0, n));
   }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }

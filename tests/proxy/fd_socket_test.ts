@@ -29,6 +29,7 @@ import {
 } from "../../proxy/socket_address.ts";
 import { pumpIo } from "../_support/io_pump.ts";
 import { Prng } from "../_support/prng.ts";
+import { readToEnd } from "../_support/tcp_servers.ts";
 import { within } from "../_support/within.ts";
 
 /** Bound on anything a test waits for that should take milliseconds. */
@@ -98,24 +99,6 @@ async function readExactly(r: Reader, n: number): Promise<Uint8Array> {
     const got = await r.read(out.subarray(at));
     if (got === null) throw new Error(`FIN after ${at} of ${n} bytes`);
     at += got;
-  }
-  return out;
-}
-
-/** Reads to FIN. */
-async function readToEnd(r: Reader): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  const buf = new Uint8Array(65536);
-  for (;;) {
-    const n = await r.read(buf);
-    if (n === null) break;
-    parts.push(buf.slice(0, n));
-  }
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
   }
   return out;
 }

@@ -7,6 +7,7 @@
  * given are payload only, inside the region.
  */
 import { assert, assertEquals, assertThrows } from "../../../dev_deps.ts";
+import { concatBytes } from "../../_support/concat_bytes.ts";
 import { Prng } from "../../_support/prng.ts";
 import {
   dataHeader,
@@ -254,16 +255,6 @@ function assertBytes(actual: Uint8Array, expected: Uint8Array, msg = "") {
   );
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 /**
  * Checks one successful sendFrom: the packets are the source's next `n`
  * bytes, carry `h` but for len, and their payload is exactly the first `n`
@@ -279,7 +270,7 @@ function checkCall(
   label: string,
 ) {
   assertEquals(got.length, filledPackets, `filledPackets, ${label}`);
-  const payload = concat(got.map((g) => g.payload));
+  const payload = concatBytes(got.map((g) => g.payload));
   assertEquals(payload.length, n, `bytes received, ${label}`);
   assertBytes(payload, source.data.subarray(from, from + n), label);
   for (const g of got) {
@@ -442,7 +433,7 @@ for (const m of RX_MODES) {
         at += chunk.length;
       }
     }
-    assertBytes(concat(received), data, "no byte lost or repeated");
+    assertBytes(concatBytes(received), data, "no byte lost or repeated");
     assertEquals([p.deviceDrops, p.driverErrors], [[], []]);
   });
 
@@ -460,7 +451,10 @@ for (const m of RX_MODES) {
     }
     // Only now does the driver look: six calls, in order, nothing extra.
     const got = driverReceives(p);
-    assertBytes(concat(got.map((g) => g.payload)), data.subarray(0, total));
+    assertBytes(
+      concatBytes(got.map((g) => g.payload)),
+      data.subarray(0, total),
+    );
     for (const g of got) sameButLen(g.header, h, name);
     assertEquals([p.deviceDrops, p.driverErrors], [[], []]);
   });
@@ -575,7 +569,7 @@ Deno.test("DeviceRx.sendFrom on a source that claims all its room sends all of i
   const got = driverReceives(p);
   assertEquals(got.reduce((s, g) => s + g.header.len, 0), 6000);
   assertBytes(
-    concat(got.map((g) => g.payload)),
+    concatBytes(got.map((g) => g.payload)),
     new Uint8Array(6000).fill(SCRIBBLE),
   );
 });
@@ -724,7 +718,7 @@ for (const splitHeader of [false, true]) {
       at += n;
     }
     const got = deviceReceives(p);
-    assertBytes(concat(got.map((g) => g.payload)), data.subarray(0, at));
+    assertBytes(concatBytes(got.map((g) => g.payload)), data.subarray(0, at));
     assertEquals(got.map((g) => g.header.len), [
       1,
       44,
@@ -823,14 +817,14 @@ for (const splitHeader of [false, true]) {
       // The device keeps up only now and then: the queue fills meanwhile.
       if (i % 5 === 0) {
         const got = deviceReceives(p);
-        const want = concat(received.splice(0));
-        assertBytes(concat(got.map((g) => g.payload)), want, `step ${i}`);
+        const want = concatBytes(received.splice(0));
+        assertBytes(concatBytes(got.map((g) => g.payload)), want, `step ${i}`);
       }
     }
     const got = deviceReceives(p);
     assertBytes(
-      concat(got.map((g) => g.payload)),
-      concat(received.splice(0)),
+      concatBytes(got.map((g) => g.payload)),
+      concatBytes(received.splice(0)),
     );
     tx.reclaim();
     assertEquals(ring.used, 0, "no space leaked");
@@ -980,7 +974,7 @@ Deno.test("DriverTx.sendFrom after a short read gives back a wrapped packet's sp
   const got = drain();
   assertEquals(got.map((g) => g.header.len), [40_000, 65_536, 10]);
   assertBytes(
-    concat(got.slice(1).map((g) => g.payload)),
+    concatBytes(got.slice(1).map((g) => g.payload)),
     source.data.subarray(1010, 1010 + 65_546),
   );
   assertEquals(p.deviceDrops, []);
@@ -1128,7 +1122,7 @@ Deno.test("DeviceRx.sendFrom interleaved with put() carries the stream byte for 
     }
     for (const g of driverReceives(p)) received.push(g.payload);
     assertEquals(source.left, 0, label);
-    assertBytes(concat(received), data, label);
+    assertBytes(concatBytes(received), data, label);
     assertEquals([p.deviceDrops, p.driverErrors], [[], []], label);
   }
 });
@@ -1203,7 +1197,7 @@ Deno.test("DriverTx.sendFrom interleaved with send() carries the stream byte for
     }
     for (const g of deviceReceives(p)) received.push(g.payload);
     assertEquals(source.left, 0, label);
-    assertBytes(concat(received), data, label);
+    assertBytes(concatBytes(received), data, label);
     tx.reclaim();
     assertEquals(ring.used, 0, `space leaked, ${label}`);
     assertEquals(p.deviceDrops, [], label);

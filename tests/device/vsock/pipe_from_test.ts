@@ -17,6 +17,7 @@ import type {
   VsockConnection,
 } from "../../../device/vsock/connection.ts";
 import { VsockError } from "../../../device/vsock/errors.ts";
+import { concatBytes } from "../../_support/concat_bytes.ts";
 import { opName, ScriptedPeer, tick } from "../../_support/scripted_peer.ts";
 
 /** A source over `data` whose behaviour each test steers. */
@@ -89,14 +90,9 @@ function grant(p: ScriptedPeer, fwdCnt: number, bufAlloc = 256 * 1024): void {
 }
 
 function rwBytes(p: ScriptedPeer): Uint8Array {
-  const parts = p.sent.filter((s) => s.h.op === OP.RW).map((s) => s.payload);
-  const out = new Uint8Array(parts.reduce((n, x) => n + x.length, 0));
-  let at = 0;
-  for (const x of parts) {
-    out.set(x, at);
-    at += x.length;
-  }
-  return out;
+  return concatBytes(
+    p.sent.filter((s) => s.h.op === OP.RW).map((s) => s.payload),
+  );
 }
 
 Deno.test("piped bytes go out in order within the peer's credit, and only credit lets more out", async () => {
